@@ -1,0 +1,317 @@
+"""The command line, with Megatron-DeepSpeed's flag names and meanings, so existing launch scripts carry over.
+
+Parsing here is only syntax: which flags exist, their types and choices. Whether the flags make sense
+together (required flags, batch arithmetic, the ds_config) is decided in one place,
+``megatron.config.build.build_config``.
+
+Flags that the ds_config can also set (batch sizes, ``--zero-stage``, ``--clip-grad``, the loss-scale flags)
+default to None here, so that ``build_config`` can tell "not given" from "given the default value" and take
+the value from the ds_config instead; the documented default is applied there when neither says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+from typing import NoReturn
+
+from megatron.config.errors import ConfigError
+
+# A token such as "-1" or "-.5" is a value, not a flag.
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """An ArgumentParser that raises ConfigError instead of exiting, so callers and tests handle bad input
+    the same way whether it comes from a flag or from the ds_config. ``--help`` still exits 0."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (run with --help to list the flags)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for all flags. ``allow_abbrev`` is off, as in Megatron, so a prefix of a flag is an error
+    instead of silently meaning the flag it happens to abbreviate."""
+    parser = _RaisingParser(
+        description="Train a GPT model through DeepSpeed with Megatron-DeepSpeed flags.", allow_abbrev=False
+    )
+    _add_model_flags(parser)
+    _add_batch_flags(parser)
+    _add_training_flags(parser)
+    _add_optimizer_flags(parser)
+    _add_lr_flags(parser)
+    _add_precision_flags(parser)
+    _add_data_flags(parser)
+    _add_logging_flags(parser)
+    _add_checkpoint_flags(parser)
+    _add_deepspeed_flags(parser)
+    _add_parallel_flags(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` (default: ``sys.argv[1:]``). Unknown flags are collected and reported together, each
+    with the closest known flag, rather than argparse's bare "unrecognized arguments": most come from
+    Megatron-LM recipes using features this toolkit does not have, and the user needs the full list."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if unknown:
+        raise ConfigError(_unknown_flags_message(parser, unknown))
+    return args
+
+
+def _unknown_flags_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    known = sorted({s for action in parser._actions for s in action.option_strings if s.startswith("--")})
+    problems = []
+    after_unknown_flag = False
+    for token in unknown:
+        if token.startswith("-") and not _NEGATIVE_NUMBER.match(token):
+            flag = token.split("=", 1)[0]
+            match = difflib.get_close_matches(flag, known, n=1, cutoff=0.5)
+            problems.append(f"{flag} ({f'did you mean {match[0]}?' if match else 'no similar flag'})")
+            after_unknown_flag = True
+        elif not after_unknown_flag:
+            problems.append(f"{token!r} (a value with no flag before it)")
+    return (
+        f"unknown command-line arguments: {'; '.join(problems)}. Remove them or fix their spelling; "
+        "Megatron-LM features that this toolkit does not implement are not accepted (--help lists the flags)."
+    )
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--num-layers", type=int, default=None, help="Number of transformer layers (required)."
+    )
+    group.add_argument("--hidden-size", type=int, default=None, help="Transformer hidden size (required).")
+    group.add_argument("--num-attention-heads", type=int, default=None, help="Attention heads (required).")
+    group.add_argument(
+        "--ffn-hidden-size", type=int, default=None, help="MLP hidden size. Default: 4 * --hidden-size."
+    )
+    group.add_argument("--seq-length", type=int, default=None, help="Tokens per sample (required).")
+    group.add_argument(
+        "--max-position-embeddings",
+        type=int,
+        default=None,
+        help="Size of the position-embedding table. Default: --seq-length.",
+    )
+    group.add_argument("--init-method-std", type=float, default=0.02, help="Std of the normal weight init.")
+    group.add_argument(
+        "--attention-dropout", type=float, default=0.1, help="Dropout on attention probabilities."
+    )
+    group.add_argument("--hidden-dropout", type=float, default=0.1, help="Dropout on the residual branches.")
+    group.add_argument(
+        "--make-vocab-size-divisible-by",
+        type=int,
+        default=128,
+        help="Pad the vocabulary to a multiple of this x the tensor-parallel size, for efficient matmuls.",
+    )
+    group.add_argument("--layernorm-epsilon", type=float, default=1e-5, help="LayerNorm epsilon.")
+
+
+def _add_batch_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("batch")
+    group.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=None,
+        help="Samples per GPU per forward/backward (required unless the ds_config sets "
+        "train_micro_batch_size_per_gpu).",
+    )
+    group.add_argument(
+        "--global-batch-size",
+        type=int,
+        default=None,
+        help="Samples per optimizer step over all data-parallel ranks. Default: the ds_config's "
+        "train_batch_size, else micro-batch-size * data-parallel size.",
+    )
+    group.add_argument(
+        "--rampup-batch-size",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("START", "INCR", "SAMPLES"),
+        help="Grow the global batch from START by INCR up to --global-batch-size over SAMPLES samples.",
+    )
+
+
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--train-iters", type=int, default=None, help="Train this many iterations.")
+    group.add_argument("--train-samples", type=int, default=None, help="Train on this many samples.")
+    group.add_argument(
+        "--exit-interval", type=int, default=None, help="Exit when the iteration is a multiple."
+    )
+    group.add_argument(
+        "--exit-duration-in-mins", type=float, default=None, help="Exit after this many minutes of training."
+    )
+    group.add_argument("--seed", type=int, default=1234, help="Random seed.")
+
+
+def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("optimizer")
+    group.add_argument(
+        "--optimizer", choices=["adam", "sgd"], default="adam", help="Optimizer (adam is AdamW)."
+    )
+    group.add_argument("--lr", type=float, default=None, help="Peak learning rate (required).")
+    group.add_argument("--min-lr", type=float, default=0.0, help="Learning rate floor at the end of decay.")
+    group.add_argument("--weight-decay", type=float, default=0.01, help="Decoupled weight decay.")
+    group.add_argument(
+        "--clip-grad",
+        type=float,
+        default=None,
+        help="Clip the global gradient norm to this (0: off). Default: the ds_config's gradient_clipping, "
+        "else 1.0.",
+    )
+    group.add_argument("--adam-beta1", type=float, default=0.9, help="Adam beta1.")
+    group.add_argument("--adam-beta2", type=float, default=0.999, help="Adam beta2.")
+    group.add_argument("--adam-eps", type=float, default=1e-8, help="Adam epsilon.")
+    group.add_argument("--sgd-momentum", type=float, default=0.9, help="SGD momentum.")
+
+
+def _add_lr_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("learning-rate schedule")
+    group.add_argument(
+        "--lr-decay-style", choices=["linear", "cosine", "constant"], default="linear", help="Decay shape."
+    )
+    group.add_argument("--lr-decay-iters", type=int, default=None, help="Decay over this many iterations.")
+    group.add_argument("--lr-decay-samples", type=int, default=None, help="Decay over this many samples.")
+    group.add_argument("--lr-warmup-iters", type=int, default=0, help="Linear warmup iterations.")
+    group.add_argument(
+        "--lr-warmup-fraction", type=float, default=None, help="Warmup as a fraction of the decay length."
+    )
+    group.add_argument("--lr-warmup-samples", type=int, default=0, help="Linear warmup samples.")
+
+
+def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("precision")
+    group.add_argument("--fp16", action="store_true", help="fp16 mixed precision with loss scaling.")
+    group.add_argument("--bf16", action="store_true", help="bf16 mixed precision.")
+    group.add_argument(
+        "--loss-scale",
+        type=float,
+        default=None,
+        help="Static fp16 loss scale. Default: the ds_config's fp16.loss_scale, else dynamic scaling.",
+    )
+    group.add_argument(
+        "--initial-loss-scale",
+        type=float,
+        default=None,
+        help="Initial dynamic loss scale, a power of two. Default: 2**32.",
+    )
+    group.add_argument(
+        "--min-loss-scale", type=float, default=None, help="Minimum dynamic loss scale. Default: 1."
+    )
+    group.add_argument(
+        "--loss-scale-window",
+        type=int,
+        default=None,
+        help="Overflow-free iterations before the dynamic scale grows. Default: 1000.",
+    )
+    group.add_argument(
+        "--hysteresis",
+        type=int,
+        default=None,
+        help="Overflows tolerated before the scale shrinks. Default: 2.",
+    )
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data-path",
+        nargs="*",
+        default=None,
+        help="One dataset prefix, or weighted prefixes 'w1 prefix1 w2 prefix2 ...' (required).",
+    )
+    group.add_argument(
+        "--split", default="969,30,1", help="Train/validation/test proportions, e.g. 969,30,1."
+    )
+    group.add_argument(
+        "--tokenizer-type", choices=["GPT2BPETokenizer", "HFTokenizer"], default="GPT2BPETokenizer"
+    )
+    group.add_argument("--vocab-file", default=None, help="GPT-2 BPE vocab.json (GPT2BPETokenizer).")
+    group.add_argument("--merge-file", default=None, help="GPT-2 BPE merges.txt (GPT2BPETokenizer).")
+    group.add_argument(
+        "--tokenizer-model", default=None, help="tokenizer.json, or a folder holding one (HFTokenizer)."
+    )
+    group.add_argument("--data-impl", default="mmap", help="Indexed-dataset format; only mmap is supported.")
+    group.add_argument("--eod-mask-loss", action="store_true", help="Do not train on end-of-document tokens.")
+    group.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes.")
+    group.add_argument("--data-cache-path", default=None, help="Where to cache dataset index files.")
+
+
+def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("logging")
+    group.add_argument("--log-interval", type=int, default=100, help="Iterations between log lines.")
+    group.add_argument("--eval-interval", type=int, default=1000, help="Iterations between evaluations.")
+    group.add_argument("--eval-iters", type=int, default=100, help="Iterations per evaluation.")
+    group.add_argument("--tensorboard-dir", default=None, help="Write TensorBoard events here.")
+    group.add_argument("--wandb-project", default=None, help="Log to this Weights & Biases project.")
+    group.add_argument("--wandb-exp-name", default=None, help="Weights & Biases run name.")
+    group.add_argument("--wandb-save-dir", default=None, help="Weights & Biases local directory.")
+    group.add_argument(
+        "--wandb-mode",
+        choices=["online", "offline", "disabled"],
+        default=None,
+        help="Default: the WANDB_MODE environment variable if set, else online.",
+    )
+
+
+def _add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("checkpointing")
+    group.add_argument("--save", default=None, help="Directory to save checkpoints to.")
+    group.add_argument("--load", default=None, help="Directory to load a checkpoint from.")
+    group.add_argument("--save-interval", type=int, default=None, help="Iterations between checkpoints.")
+    group.add_argument("--no-load-optim", action="store_true", help="Do not load optimizer state.")
+    group.add_argument(
+        "--no-load-rng", action="store_true", help="Do not load random-number-generator state."
+    )
+    group.add_argument(
+        "--finetune", action="store_true", help="Load only the weights; reset iteration count and optimizer."
+    )
+
+
+def _add_deepspeed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("deepspeed")
+    group.add_argument(
+        "--deepspeed", action="store_true", help="Run through the DeepSpeed engine (required)."
+    )
+    group.add_argument(
+        "--deepspeed_config",
+        "--deepspeed-config",
+        dest="deepspeed_config",
+        default=None,
+        help="ds_config file.",
+    )
+    group.add_argument(
+        "--zero-stage", type=int, default=None, help="ZeRO stage 0-3. Default: the ds_config's, else 0."
+    )
+    group.add_argument(
+        "--deepspeed-activation-checkpointing",
+        action="store_true",
+        help="Use DeepSpeed's activation checkpointing, set up by the ds_config's activation_checkpointing.",
+    )
+    group.add_argument(
+        "--local_rank",
+        "--local-rank",
+        dest="local_rank",
+        type=int,
+        default=None,
+        help="Set by the launcher; unused.",
+    )
+
+
+def _add_parallel_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("parallel")
+    group.add_argument(
+        "--tensor-model-parallel-size", type=int, default=1, help="Tensor-parallel size (only 1 for now)."
+    )
+    group.add_argument(
+        "--pipeline-model-parallel-size", type=int, default=1, help="Pipeline-parallel size (only 1 for now)."
+    )
+    group.add_argument(
+        "--no-pipeline-parallel", action="store_true", help="Build the model without a pipeline."
+    )

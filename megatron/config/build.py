@@ -1,0 +1,457 @@
+"""Turning parsed flags and the ds_config into one validated, frozen :class:`Config`.
+
+Every cross-flag rule and every derived value (data-parallel size, gradient accumulation, padded vocabulary,
+warmup length, the reconciled ds_config) lives here, so a bad combination fails on every rank the same way
+before any process group starts, and a reader finds each rule in one place. The rules follow Megatron's
+``validate_args`` so that Megatron-DeepSpeed recipes behave as they did there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from megatron.config import ds_config
+from megatron.config.errors import ConfigError
+from megatron.config.schema import (
+    BatchConfig,
+    CheckpointConfig,
+    Config,
+    DataConfig,
+    DeepSpeedConfig,
+    DurationConfig,
+    LoggingConfig,
+    LRScheduleConfig,
+    ModelConfig,
+    OptimizerConfig,
+    ParallelConfig,
+)
+
+_REQUIRED_FLAGS = (
+    "--num-layers",
+    "--hidden-size",
+    "--num-attention-heads",
+    "--seq-length",
+    "--lr",
+    "--data-path",
+)
+_TOKENIZER_FILES = {
+    "GPT2BPETokenizer": ("--vocab-file", "--merge-file"),
+    "HFTokenizer": ("--tokenizer-model",),
+}
+_WANDB_MODES = ("online", "offline", "disabled")
+
+
+def world_size_from_env() -> int:
+    """The number of processes the launcher started (torchrun and the deepspeed launcher set WORLD_SIZE);
+    1 when run directly."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        world_size = int(raw)
+    except ValueError:
+        world_size = 0
+    if world_size < 1:
+        raise ConfigError(
+            f"WORLD_SIZE={raw!r} in the environment: expected a positive integer; unset it or fix it."
+        )
+    return world_size
+
+
+def pad_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int) -> int:
+    """Megatron's padding: round the vocabulary up to a multiple of ``divisible_by`` x T, so that each
+    tensor-parallel shard of the embedding is the same size and a multiple of ``divisible_by``."""
+    if vocab_size < 1:
+        raise ConfigError(f"vocabulary size {vocab_size}: the tokenizer must have at least one token.")
+    if divisible_by < 1:
+        raise ConfigError(f"--make-vocab-size-divisible-by {divisible_by}: must be >= 1.")
+    if tensor_parallel_size < 1:
+        raise ConfigError(f"--tensor-model-parallel-size {tensor_parallel_size}: must be >= 1.")
+    multiple = divisible_by * tensor_parallel_size
+    return -(-vocab_size // multiple) * multiple
+
+
+def build_config(args: argparse.Namespace, world_size: int, vocab_size: int) -> Config:
+    """Validate ``args`` (from ``parse_args``) with the ds_config it names and derive everything else.
+
+    ``world_size`` is passed in (usually ``world_size_from_env()``) so this needs no process group, and
+    ``vocab_size`` is the tokenizer's, before padding.
+    """
+    _check_required(args)
+    ds_path = _ds_config_path(args)
+    parallel = _parallel_config(args, world_size)
+    model = _model_config(args, vocab_size, parallel.tensor_model_parallel_size)
+    duration = _duration_config(args)
+    lr_schedule = _lr_schedule_config(args, duration)
+    data = _data_config(args)
+    logging_config = _logging_config(args)
+    checkpoint = _checkpoint_config(args)
+
+    ds = ds_config.load_ds_config(ds_path)
+    micro, global_batch = ds_config.batch_sizes(ds, args, parallel.data_parallel_size)
+    batch = _batch_config(micro, global_batch, parallel.data_parallel_size, args.rampup_batch_size, duration)
+    precision = ds_config.precision_config(ds, args)
+    clip = ds_config.clip_grad(ds, args)
+    stage = ds_config.zero_stage(ds, args)
+    reconciled = ds_config.reconcile_ds_config(ds, batch=batch, precision=precision, clip=clip, stage=stage)
+    return Config(
+        model=model,
+        parallel=parallel,
+        batch=batch,
+        duration=duration,
+        optimizer=_optimizer_config(args, clip),
+        lr_schedule=lr_schedule,
+        precision=precision,
+        data=data,
+        logging=logging_config,
+        checkpoint=checkpoint,
+        deepspeed=DeepSpeedConfig(
+            config_path=ds.path,
+            ds_config=reconciled,
+            zero_stage=stage,
+            activation_checkpointing=args.deepspeed_activation_checkpointing,
+        ),
+        seed=args.seed,
+    )
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _check_required(args: argparse.Namespace) -> None:
+    missing = [flag for flag in _REQUIRED_FLAGS if getattr(args, _dest(flag)) is None]
+    if missing:
+        raise ConfigError(f"missing required flag(s): {', '.join(missing)}. Add them to the command line.")
+
+
+def _positive(flag: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{flag} {value}: must be > 0.")
+
+
+def _parallel_config(args: argparse.Namespace, world_size: int) -> ParallelConfig:
+    for flag in ("--tensor-model-parallel-size", "--pipeline-model-parallel-size"):
+        size = getattr(args, _dest(flag))
+        if size != 1:
+            raise ConfigError(
+                f"{flag} {size}: tensor and pipeline parallelism are not available yet; set {flag} 1 "
+                "(data parallelism and ZeRO still spread the run over all GPUs)."
+            )
+    if world_size < 1:
+        raise ConfigError(f"world size {world_size}: must be >= 1.")
+    model_parallel = args.tensor_model_parallel_size * args.pipeline_model_parallel_size
+    if world_size % model_parallel:
+        raise ConfigError(
+            f"world size {world_size} is not divisible by tensor x pipeline parallel size {model_parallel}; "
+            "change the number of processes or the parallel sizes."
+        )
+    return ParallelConfig(
+        world_size=world_size,
+        tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        no_pipeline_parallel=args.no_pipeline_parallel,
+    )
+
+
+def _model_config(args: argparse.Namespace, vocab_size: int, tensor_parallel_size: int) -> ModelConfig:
+    ffn_hidden_size = args.ffn_hidden_size if args.ffn_hidden_size is not None else 4 * args.hidden_size
+    max_positions = args.max_position_embeddings
+    if max_positions is None:
+        max_positions = args.seq_length
+    for flag, value in (
+        ("--num-layers", args.num_layers),
+        ("--hidden-size", args.hidden_size),
+        ("--num-attention-heads", args.num_attention_heads),
+        ("--ffn-hidden-size", ffn_hidden_size),
+        ("--seq-length", args.seq_length),
+        ("--max-position-embeddings", max_positions),
+        ("--init-method-std", args.init_method_std),
+        ("--layernorm-epsilon", args.layernorm_epsilon),
+    ):
+        _positive(flag, value)
+    if args.hidden_size % args.num_attention_heads:
+        raise ConfigError(
+            f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads "
+            f"{args.num_attention_heads}: each head gets hidden-size / heads channels. Choose a head count "
+            "that divides the hidden size."
+        )
+    if max_positions < args.seq_length:
+        raise ConfigError(
+            f"--max-position-embeddings {max_positions} is smaller than --seq-length {args.seq_length}; "
+            "raise it (or leave it out to use --seq-length)."
+        )
+    for flag, value in (
+        ("--attention-dropout", args.attention_dropout),
+        ("--hidden-dropout", args.hidden_dropout),
+    ):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{flag} {value}: a dropout probability must be in [0, 1).")
+    return ModelConfig(
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        ffn_hidden_size=ffn_hidden_size,
+        seq_length=args.seq_length,
+        max_position_embeddings=max_positions,
+        padded_vocab_size=pad_vocab_size(vocab_size, args.make_vocab_size_divisible_by, tensor_parallel_size),
+        make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+        init_method_std=args.init_method_std,
+        attention_dropout=args.attention_dropout,
+        hidden_dropout=args.hidden_dropout,
+        layernorm_epsilon=args.layernorm_epsilon,
+    )
+
+
+def _duration_config(args: argparse.Namespace) -> DurationConfig:
+    if (args.train_iters is None) == (args.train_samples is None):
+        given = "both were given" if args.train_iters is not None else "neither was given"
+        raise ConfigError(f"give exactly one of --train-iters and --train-samples ({given}).")
+    _positive("--train-iters", args.train_iters)
+    _positive("--train-samples", args.train_samples)
+    _positive("--exit-interval", args.exit_interval)
+    _positive("--exit-duration-in-mins", args.exit_duration_in_mins)
+    return DurationConfig(
+        train_iters=args.train_iters,
+        train_samples=args.train_samples,
+        exit_interval=args.exit_interval,
+        exit_duration_in_mins=args.exit_duration_in_mins,
+    )
+
+
+def _lr_schedule_config(args: argparse.Namespace, duration: DurationConfig) -> LRScheduleConfig:
+    """Megatron's two modes: with --train-iters the schedule counts iterations, with --train-samples it
+    counts samples, and the other mode's flags are an error rather than silently ignored."""
+    _positive("--lr", args.lr)
+    if args.min_lr < 0 or args.min_lr > args.lr:
+        raise ConfigError(f"--min-lr {args.min_lr}: must be between 0 and --lr {args.lr}.")
+    fraction = args.lr_warmup_fraction
+    if fraction is not None and not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"--lr-warmup-fraction {fraction}: must be in [0, 1].")
+    iteration_mode = duration.train_iters is not None
+    unit, other = ("iters", "samples") if iteration_mode else ("samples", "iters")
+    mode_flag = f"--train-{unit}"
+    for flag in (f"--lr-decay-{other}", f"--lr-warmup-{other}"):
+        if getattr(args, _dest(flag)):
+            raise ConfigError(
+                f"{flag} {getattr(args, _dest(flag))} does not apply with {mode_flag}: the schedule counts "
+                f"{unit} there. Use --lr-decay-{unit} / --lr-warmup-{unit} instead."
+            )
+    warmup_flag = f"--lr-warmup-{unit}"
+    if fraction is not None and getattr(args, _dest(warmup_flag)):
+        raise ConfigError(
+            f"--lr-warmup-fraction {fraction} and {warmup_flag} {getattr(args, _dest(warmup_flag))} were "
+            "both given; choose one way to set the warmup."
+        )
+    decay_flag = f"--lr-decay-{unit}"
+    decay = getattr(args, _dest(decay_flag))
+    _positive(decay_flag, decay)
+    if decay is None:
+        decay_flag, decay = mode_flag, getattr(args, _dest(mode_flag))
+    warmup = int(fraction * decay) if fraction is not None else getattr(args, _dest(warmup_flag))
+    if warmup < 0:
+        raise ConfigError(f"{warmup_flag} {warmup}: must be >= 0.")
+    if warmup > decay:
+        source = "--lr-warmup-fraction" if fraction is not None else warmup_flag
+        raise ConfigError(
+            f"warmup of {warmup} {unit} (from {source}) is longer than the decay of {decay} {unit} (from "
+            f"{decay_flag}); shorten the warmup or lengthen the decay."
+        )
+    if iteration_mode:
+        return LRScheduleConfig(args.lr_decay_style, args.min_lr, decay_iters=decay, warmup_iters=warmup)
+    return LRScheduleConfig(args.lr_decay_style, args.min_lr, decay_samples=decay, warmup_samples=warmup)
+
+
+def _optimizer_config(args: argparse.Namespace, clip: float) -> OptimizerConfig:
+    if args.weight_decay < 0:
+        raise ConfigError(f"--weight-decay {args.weight_decay}: must be >= 0.")
+    for flag, value in (("--adam-beta1", args.adam_beta1), ("--adam-beta2", args.adam_beta2)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{flag} {value}: must be in [0, 1).")
+    _positive("--adam-eps", args.adam_eps)
+    if args.sgd_momentum < 0:
+        raise ConfigError(f"--sgd-momentum {args.sgd_momentum}: must be >= 0.")
+    return OptimizerConfig(
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        clip_grad=clip,
+        adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2,
+        adam_eps=args.adam_eps,
+        sgd_momentum=args.sgd_momentum,
+    )
+
+
+def _ds_config_path(args: argparse.Namespace) -> str:
+    if not args.deepspeed:
+        raise ConfigError(
+            "--deepspeed is required: this toolkit always trains through the DeepSpeed engine. Add "
+            "--deepspeed and --deepspeed_config <ds_config.json>."
+        )
+    if not args.deepspeed_config:
+        raise ConfigError(
+            "--deepspeed was given without --deepspeed_config; add --deepspeed_config <ds_config.json>."
+        )
+    return args.deepspeed_config
+
+
+def _batch_config(
+    micro: int | None,
+    global_batch: int | None,
+    data_parallel_size: int,
+    rampup: list[int] | None,
+    duration: DurationConfig,
+) -> BatchConfig:
+    if micro is None:
+        raise ConfigError(
+            "missing required flag --micro-batch-size (or train_micro_batch_size_per_gpu in the ds_config)."
+        )
+    _positive("--micro-batch-size", micro)
+    _positive("--global-batch-size", global_batch)
+    per_step = micro * data_parallel_size
+    if global_batch % per_step:
+        raise ConfigError(
+            f"--global-batch-size {global_batch} is not divisible by --micro-batch-size {micro} x "
+            f"data-parallel size {data_parallel_size} = {per_step}: gradient accumulation steps = global / "
+            f"(micro x data-parallel) must be a whole number. Use a multiple of {per_step}."
+        )
+    if rampup is not None:
+        _check_rampup(tuple(rampup), global_batch, per_step, duration)
+    return BatchConfig(
+        micro_batch_size=micro,
+        global_batch_size=global_batch,
+        data_parallel_size=data_parallel_size,
+        rampup_batch_size=tuple(rampup) if rampup is not None else None,
+    )
+
+
+def _check_rampup(
+    rampup: tuple[int, ...], global_batch: int, per_step: int, duration: DurationConfig
+) -> None:
+    start, increment, samples = rampup
+    flag = f"--rampup-batch-size {start} {increment} {samples}"
+    if duration.train_iters is not None:
+        raise ConfigError(
+            f"{flag} needs --train-samples: a batch-size ramp-up counts samples, not iterations."
+        )
+    if start <= 0 or increment <= 0 or samples < 0:
+        raise ConfigError(f"{flag}: START and INCR must be > 0 and SAMPLES >= 0.")
+    if start > global_batch or (global_batch - start) % increment:
+        raise ConfigError(
+            f"{flag}: the ramp must reach --global-batch-size {global_batch} from START {start} in whole "
+            f"steps of INCR {increment}, so (global - START) must be a non-negative multiple of INCR."
+        )
+    for name, value in (("START", start), ("INCR", increment)):
+        if value % per_step:
+            raise ConfigError(
+                f"{flag}: {name} {value} is not a multiple of micro-batch size x data-parallel size = "
+                f"{per_step}, so some ramp steps would need a fractional number of micro-batches."
+            )
+
+
+def _data_config(args: argparse.Namespace) -> DataConfig:
+    for flag in _TOKENIZER_FILES[args.tokenizer_type]:
+        if getattr(args, _dest(flag)) is None:
+            needed = " and ".join(_TOKENIZER_FILES[args.tokenizer_type])
+            raise ConfigError(f"--tokenizer-type {args.tokenizer_type} needs {needed}; {flag} is missing.")
+    if args.data_impl != "mmap":
+        raise ConfigError(
+            f"--data-impl {args.data_impl} is not supported; only mmap (.bin/.idx indexed datasets) is. "
+            "Convert the data to mmap or drop the flag."
+        )
+    if args.num_workers < 0:
+        raise ConfigError(f"--num-workers {args.num_workers}: must be >= 0.")
+    _check_split(args.split)
+    return DataConfig(
+        data_path=parse_data_path(args.data_path),
+        split=args.split,
+        tokenizer_type=args.tokenizer_type,
+        vocab_file=args.vocab_file,
+        merge_file=args.merge_file,
+        tokenizer_model=args.tokenizer_model,
+        data_impl="mmap",
+        eod_mask_loss=args.eod_mask_loss,
+        num_workers=args.num_workers,
+        data_cache_path=args.data_cache_path,
+    )
+
+
+def parse_data_path(values: list[str]) -> tuple[tuple[float, str], ...]:
+    """Megatron's --data-path: one prefix, or ``w1 prefix1 w2 prefix2 ...``, with weights normalised to sum
+    to 1. Whether the files exist is the data layer's concern."""
+    if not values:
+        raise ConfigError("--data-path was given no value; give a dataset prefix or 'weight prefix' pairs.")
+    if len(values) == 1:
+        return ((1.0, values[0]),)
+    if len(values) % 2:
+        raise ConfigError(
+            f"--data-path has {len(values)} values: with several datasets it takes 'weight prefix' pairs, so "
+            "the count must be even."
+        )
+    pairs = []
+    for raw_weight, prefix in zip(values[::2], values[1::2]):
+        try:
+            weight = float(raw_weight)
+        except ValueError:
+            raise ConfigError(
+                f"--data-path weight {raw_weight!r} (before {prefix!r}) is not a number; give "
+                "'weight prefix' pairs."
+            ) from None
+        if not weight > 0 or weight == float("inf"):
+            raise ConfigError(
+                f"--data-path weight {raw_weight} (before {prefix!r}) must be a positive number."
+            )
+        pairs.append((weight, prefix))
+    total = sum(weight for weight, _ in pairs)
+    return tuple((weight / total, prefix) for weight, prefix in pairs)
+
+
+def _check_split(split: str) -> None:
+    try:
+        parts = [float(part) for part in split.replace("/", ",").split(",")]
+    except ValueError:
+        parts = []
+    if not parts or len(parts) > 3 or min(parts) < 0 or sum(parts) <= 0:
+        raise ConfigError(
+            f"--split {split!r}: give up to three non-negative train,validation,test proportions, "
+            "e.g. 969,30,1."
+        )
+
+
+def _logging_config(args: argparse.Namespace) -> LoggingConfig:
+    _positive("--log-interval", args.log_interval)
+    _positive("--eval-interval", args.eval_interval)
+    if args.eval_iters < 0:
+        raise ConfigError(f"--eval-iters {args.eval_iters}: must be >= 0 (0 turns evaluation off).")
+    wandb_mode = args.wandb_mode or os.environ.get("WANDB_MODE") or "online"
+    if wandb_mode not in _WANDB_MODES:
+        raise ConfigError(
+            f"WANDB_MODE={wandb_mode!r} in the environment: use one of {', '.join(_WANDB_MODES)}."
+        )
+    return LoggingConfig(
+        log_interval=args.log_interval,
+        eval_interval=args.eval_interval,
+        eval_iters=args.eval_iters,
+        tensorboard_dir=args.tensorboard_dir,
+        wandb_project=args.wandb_project,
+        wandb_exp_name=args.wandb_exp_name,
+        wandb_save_dir=args.wandb_save_dir,
+        wandb_mode=wandb_mode,
+    )
+
+
+def _checkpoint_config(args: argparse.Namespace) -> CheckpointConfig:
+    if args.save_interval is not None and args.save is None:
+        raise ConfigError(
+            f"--save-interval {args.save_interval} was given without --save; add --save <directory> or drop "
+            "--save-interval."
+        )
+    _positive("--save-interval", args.save_interval)
+    return CheckpointConfig(
+        save=args.save,
+        load=args.load,
+        save_interval=args.save_interval,
+        no_load_optim=args.no_load_optim,
+        no_load_rng=args.no_load_rng,
+        finetune=args.finetune,
+    )

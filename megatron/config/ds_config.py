@@ -1,0 +1,440 @@
+"""Reading the ds_config file and reconciling it with the command-line flags.
+
+DeepSpeed reads the batch sizes, precision, ZeRO stage and gradient clipping from this file while Megatron
+reads the same settings from flags, and DeepSpeed silently ignores top-level keys it does not know. Checking
+the file against DeepSpeed's own parser, and making the two sources agree here, turns a silent difference
+(a run with another batch size or precision than the flags say, or a misspelt section that does nothing)
+into an error that names both sides, before any process starts.
+
+The rule for each setting that both sides can give: if both give it they must agree; if one gives it, the
+other is filled from it; if neither does, the documented default applies. Precision therefore follows the
+ds_config when only the ds_config enables fp16 or bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import difflib
+import functools
+import json
+import logging
+import math
+import typing
+from collections.abc import Iterable, Iterator, KeysView, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hjson
+import pydantic
+from deepspeed.comm.config import CommsLoggerConfig
+from deepspeed.compile.config import CompileConfig
+from deepspeed.monitor.config import CometConfig, CSVConfig, TensorBoardConfig, WandbConfig
+from deepspeed.runtime.config import DeepSpeedConfig as DeepSpeedRuntimeConfig
+from deepspeed.runtime.config import HybridEngineConfig
+from deepspeed.runtime.precision_config import DeepSpeedBF16Config, DeepSpeedFP16Config
+from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+from deepspeed.utils import logger as deepspeed_logger
+
+from megatron.config.errors import ConfigError
+from megatron.config.schema import BatchConfig, PrecisionConfig
+
+logger = logging.getLogger(__name__)
+
+DOCS = "https://www.deepspeed.ai/docs/config-json/"
+# The training loop logs on its own --log-interval; this keeps DeepSpeed's per-step prints out of the way.
+QUIET_STEPS_PER_PRINT = 1_000_000_000
+DEFAULT_CLIP_GRAD = 1.0
+
+# deepspeed.initialize and the warning checks read these straight from the dict, outside the parser.
+_KEYS_READ_OUTSIDE_PARSER = frozenset({"sequence_parallel_size", "data_parallel_size", "vocabulary_size"})
+
+# Sections DeepSpeed parses with a pydantic model: validating them here yields errors with the key path.
+_SECTION_MODELS: dict[str, type[pydantic.BaseModel]] = {
+    "zero_optimization": DeepSpeedZeroConfig,
+    "fp16": DeepSpeedFP16Config,
+    "bf16": DeepSpeedBF16Config,
+    "bfloat16": DeepSpeedBF16Config,
+    "tensorboard": TensorBoardConfig,
+    "wandb": WandbConfig,
+    "csv_monitor": CSVConfig,
+    "comet": CometConfig,
+    "comms_logger": CommsLoggerConfig,
+    "compile": CompileConfig,
+    "hybrid_engine": HybridEngineConfig,
+}
+
+_REFUSED_SECTION_FLAGS = {
+    "optimizer": "--optimizer, --lr, --weight-decay, --adam-beta1/--adam-beta2/--adam-eps or --sgd-momentum",
+    "scheduler": "--lr, --min-lr, --lr-decay-style, --lr-decay-iters/--lr-decay-samples and --lr-warmup-*",
+}
+
+_POSITIVE_INT_KEYS = (
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "steps_per_print",
+)
+
+
+@dataclass(frozen=True)
+class DsConfigFile:
+    """A ds_config as the user wrote it, kept with its path so every error can name the file."""
+
+    path: str
+    data: Mapping[str, Any]
+
+    def lookup(self, key_path: str) -> tuple[bool, Any]:
+        """(present, value) for a dotted key such as ``fp16.enabled``."""
+        node: Any = self.data
+        for part in key_path.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return False, None
+            node = node[part]
+        return True, node
+
+    def agree(self, key_path: str, flag: str, flag_value: Any, shown: Any = None) -> Any:
+        """The value the flag and the key agree on: the flag's if given (None: not given), else the key's,
+        else None. ``shown`` is how to print the flag's value when it differs from what the key holds."""
+        present, value = self.lookup(key_path)
+        if present and flag_value is not None and value != flag_value:
+            raise ConfigError(
+                f"ds_config {self.path}: '{key_path}' is {value!r} but {flag} gives "
+                f"{flag_value if shown is None else shown!r}. Make them agree, or drop one of them: the "
+                "missing one is filled in from the other."
+            )
+        return flag_value if flag_value is not None else value
+
+
+def load_ds_config(path: str) -> DsConfigFile:
+    """Read and check a ds_config file (JSON, or hjson as DeepSpeed also accepts). The file is never
+    written; reconciliation works on a copy."""
+    data = _parse(path)
+    _check_top_level(data, path)
+    for key, model in _SECTION_MODELS.items():
+        if key in data:
+            _check_section(data[key], key, model, path)
+    return DsConfigFile(path=path, data=data)
+
+
+@functools.lru_cache(maxsize=1)
+def known_top_level_keys() -> frozenset[str] | None:
+    """Every top-level key DeepSpeed's config parser looks at, learnt by running that parser on a dict that
+    records lookups. A hand-written list would go stale with each DeepSpeed release and reject valid
+    configs; this follows the installed version. None if the parser cannot be probed (then unknown keys go
+    unchecked rather than blocking every run)."""
+    seen: set[str] = set()
+    try:
+        with _quiet_deepspeed():
+            DeepSpeedRuntimeConfig(_KeyRecorder({"train_micro_batch_size_per_gpu": 1}, seen))
+    except Exception:
+        logger.warning("Could not probe DeepSpeed's config parser; unknown ds_config keys are not checked.")
+        return None
+    return frozenset(seen | _KEYS_READ_OUTSIDE_PARSER)
+
+
+@contextlib.contextmanager
+def _quiet_deepspeed() -> Iterator[None]:
+    """Silence DeepSpeed's info lines while its parser runs here ("world_size = 1" would mislead)."""
+    level = deepspeed_logger.level
+    deepspeed_logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        deepspeed_logger.setLevel(level)
+
+
+class _KeyRecorder(dict):
+    """A dict that remembers each key looked up in it, whether by ``in``, ``.keys()``, ``.get`` or []."""
+
+    def __init__(self, data: Mapping[str, Any], seen: set[str]) -> None:
+        super().__init__(data)
+        self.seen = seen
+
+    def __contains__(self, key: object) -> bool:
+        self.seen.add(str(key))
+        return super().__contains__(key)
+
+    def __getitem__(self, key: str) -> Any:
+        self.seen.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.seen.add(key)
+        return super().get(key, default)
+
+    def keys(self) -> KeysView[str]:
+        return KeysView(self)
+
+    def __copy__(self) -> _KeyRecorder:
+        return _KeyRecorder(self, self.seen)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """DeepSpeed rejects duplicate keys too: with them, which value wins depends on the parser."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _parse(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"--deepspeed_config {path}: no such file. Give the path of the ds_config JSON file."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--deepspeed_config {path}: cannot read the file ({exc}).") from exc
+    try:
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicates)
+        except json.JSONDecodeError as json_error:
+            try:
+                data = hjson.loads(text, object_pairs_hook=_no_duplicates)
+            except hjson.HjsonDecodeError:
+                raise ConfigError(
+                    f"ds_config {path}: not valid JSON (nor hjson): {json_error.msg} at line "
+                    f"{json_error.lineno}, column {json_error.colno}. Fix the syntax there."
+                ) from json_error
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            f"ds_config {path}: key '{exc.args[0]}' appears twice in one object; keep one."
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"ds_config {path}: the top level is {type(data).__name__}, expected a JSON object."
+        )
+    return data
+
+
+def _suggestion(name: str, candidates: Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _check_top_level(data: Mapping[str, Any], path: str) -> None:
+    for key, flags in _REFUSED_SECTION_FLAGS.items():
+        if key in data:
+            raise ConfigError(
+                f"ds_config {path}: remove the '{key}' section ({json.dumps(data[key])[:80]}). This toolkit "
+                "builds the optimizer and learning-rate schedule itself, so that Megatron's weight-decay "
+                f"groups and schedule apply; set them with {flags} instead."
+            )
+    known = known_top_level_keys()
+    if known is not None:
+        unknown = [key for key in data if key not in known]
+        if unknown:
+            listed = ", ".join(f"'{key}'{_suggestion(key, known)}" for key in unknown)
+            raise ConfigError(
+                f"ds_config {path}: unknown top-level key {listed}. DeepSpeed would silently ignore it; "
+                f"rename or remove it (keys: {DOCS})."
+            )
+    for key in _POSITIVE_INT_KEYS:
+        value = data.get(key)
+        if key in data and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"ds_config {path}: '{key}' is {value!r}; it must be a positive integer.")
+    clipping = data.get("gradient_clipping", 0.0)
+    if isinstance(clipping, bool) or not isinstance(clipping, (int, float)) or clipping < 0:
+        raise ConfigError(f"ds_config {path}: 'gradient_clipping' is {clipping!r}; it must be a number >= 0.")
+
+
+def _check_section(section: Any, key: str, model: type[pydantic.BaseModel], path: str) -> None:
+    if not isinstance(section, dict):
+        raise ConfigError(
+            f"ds_config {path}: '{key}' is {section!r}; it must be an object (for example "
+            f'"{key}": {{"enabled": true}} or, for ZeRO, {{"stage": 1}}). See {DOCS}.'
+        )
+    try:
+        model(**section)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(f"ds_config {path}: {_describe(exc, key, model)}. See {DOCS}.") from None
+
+
+def _describe(exc: pydantic.ValidationError, prefix: str, model: type[pydantic.BaseModel]) -> str:
+    """pydantic's errors, each with the full dotted key path and, for an unknown key, the closest key."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in (prefix, *error["loc"]))
+        if error["type"] == "extra_forbidden":
+            hint = _suggestion(str(error["loc"][-1]), _field_names(model, error["loc"][:-1]))
+            problems.append(f"unknown key '{loc}'{hint}")
+        else:
+            problems.append(f"'{loc}' is {error.get('input')!r}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def _field_names(model: type[pydantic.BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys accepted at ``loc`` inside ``model``, following nested models (for suggestions only)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        nested = (
+            [t for t in (field.annotation, *typing.get_args(field.annotation)) if _is_model(t)]
+            if field
+            else []
+        )
+        if not nested:
+            return []
+        model = nested[0]
+    names = list(model.model_fields)
+    return names + [field.alias for field in model.model_fields.values() if field.alias]
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel)
+
+
+def _bf16_key(ds: DsConfigFile) -> str:
+    """DeepSpeed reads ``bf16``, falling back to the older ``bfloat16``."""
+    return "bfloat16" if "bfloat16" in ds.data and "bf16" not in ds.data else "bf16"
+
+
+def batch_sizes(
+    ds: DsConfigFile, args: argparse.Namespace, data_parallel_size: int
+) -> tuple[int | None, int | None]:
+    """(micro, global) batch sizes from the flags and the ds_config; micro is None when neither gives it.
+
+    With no global size on either side it follows DeepSpeed's rule, micro x accumulation x data-parallel
+    size, with the accumulation from the ds_config, else 1 (Megatron's default of micro x data-parallel).
+    """
+    micro = ds.agree("train_micro_batch_size_per_gpu", "--micro-batch-size", args.micro_batch_size)
+    global_batch = ds.agree("train_batch_size", "--global-batch-size", args.global_batch_size)
+    if global_batch is None and micro is not None:
+        global_batch = micro * data_parallel_size * ds.data.get("gradient_accumulation_steps", 1)
+    return micro, global_batch
+
+
+def zero_stage(ds: DsConfigFile, args: argparse.Namespace) -> int:
+    if args.zero_stage is not None and not 0 <= args.zero_stage <= 3:
+        raise ConfigError(f"--zero-stage {args.zero_stage}: ZeRO stages are 0, 1, 2 and 3.")
+    stage = ds.agree("zero_optimization.stage", "--zero-stage", args.zero_stage)
+    return 0 if stage is None else int(stage)
+
+
+def clip_grad(ds: DsConfigFile, args: argparse.Namespace) -> float:
+    if args.clip_grad is not None and args.clip_grad < 0:
+        raise ConfigError(f"--clip-grad {args.clip_grad}: must be >= 0 (0 turns clipping off).")
+    value = ds.agree("gradient_clipping", "--clip-grad", args.clip_grad)
+    return DEFAULT_CLIP_GRAD if value is None else float(value)
+
+
+def precision_config(ds: DsConfigFile, args: argparse.Namespace) -> PrecisionConfig:
+    """Precision from --fp16/--bf16 and the ds_config's ``fp16``/``bf16`` sections; when only the ds_config
+    enables one, the run uses it. The loss-scale settings matter only for fp16."""
+    if args.fp16 and args.bf16:
+        raise ConfigError("--fp16 and --bf16 were both given; choose one.")
+    fp16 = bool(ds.agree("fp16.enabled", "--fp16", True if args.fp16 else None))
+    bf16 = bool(ds.agree(f"{_bf16_key(ds)}.enabled", "--bf16", True if args.bf16 else None))
+    if fp16 and bf16:
+        fp16_source = "--fp16" if args.fp16 else "'fp16.enabled'"
+        bf16_source = "--bf16" if args.bf16 else f"'{_bf16_key(ds)}.enabled'"
+        raise ConfigError(
+            f"ds_config {ds.path}: fp16 and bf16 are both enabled (fp16 by {fp16_source}, bf16 by "
+            f"{bf16_source}); enable only one."
+        )
+    defaults = PrecisionConfig()
+    if not fp16:
+        return PrecisionConfig(
+            bf16=bf16,
+            loss_scale=args.loss_scale,
+            initial_loss_scale=_or(args.initial_loss_scale, defaults.initial_loss_scale),
+            min_loss_scale=_or(args.min_loss_scale, defaults.min_loss_scale),
+            loss_scale_window=_or(args.loss_scale_window, defaults.loss_scale_window),
+            hysteresis=_or(args.hysteresis, defaults.hysteresis),
+        )
+    for flag, value in (("--loss-scale", args.loss_scale), ("--initial-loss-scale", args.initial_loss_scale)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag} {value}: must be > 0.")
+    for flag, value in (
+        ("--min-loss-scale", args.min_loss_scale),
+        ("--loss-scale-window", args.loss_scale_window),
+    ):
+        if value is not None and (value < 1 or value != int(value)):
+            raise ConfigError(f"{flag} {value}: DeepSpeed takes a whole number >= 1 here.")
+    if args.hysteresis is not None and args.hysteresis < 1:
+        raise ConfigError(f"--hysteresis {args.hysteresis}: must be >= 1.")
+    loss_scale = ds.agree("fp16.loss_scale", "--loss-scale", args.loss_scale)
+    power = None if args.initial_loss_scale is None else _log2(args.initial_loss_scale)
+    power = ds.agree("fp16.initial_scale_power", "--initial-loss-scale", power, shown=args.initial_loss_scale)
+    min_scale = ds.agree("fp16.min_loss_scale", "--min-loss-scale", args.min_loss_scale)
+    window = ds.agree("fp16.loss_scale_window", "--loss-scale-window", args.loss_scale_window)
+    return PrecisionConfig(
+        fp16=True,
+        loss_scale=float(loss_scale) if loss_scale else None,
+        initial_loss_scale=defaults.initial_loss_scale if power is None else 2.0**power,
+        min_loss_scale=float(_or(min_scale, defaults.min_loss_scale)),
+        loss_scale_window=int(_or(window, defaults.loss_scale_window)),
+        hysteresis=int(
+            _or(ds.agree("fp16.hysteresis", "--hysteresis", args.hysteresis), defaults.hysteresis)
+        ),
+    )
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _log2(initial_loss_scale: float) -> int:
+    power = math.log2(initial_loss_scale)
+    if not power.is_integer():
+        raise ConfigError(
+            f"--initial-loss-scale {initial_loss_scale}: DeepSpeed sets the initial fp16 loss scale as a "
+            "power of two (fp16.initial_scale_power); give a power of two such as 65536 or 4294967296."
+        )
+    return int(power)
+
+
+def reconcile_ds_config(
+    ds: DsConfigFile, *, batch: BatchConfig, precision: PrecisionConfig, clip: float, stage: int
+) -> dict[str, Any]:
+    """The dict ``deepspeed.initialize`` gets: the user's file with every setting the flags decide filled
+    in, checked against those flags, and finally run through DeepSpeed's own parser."""
+    result = copy.deepcopy(dict(ds.data))
+    accumulation = batch.gradient_accumulation_steps
+    if result.get("gradient_accumulation_steps", accumulation) != accumulation:
+        raise ConfigError(
+            f"ds_config {ds.path}: 'gradient_accumulation_steps' is {result['gradient_accumulation_steps']} "
+            f"but the flags give {accumulation} (--global-batch-size {batch.global_batch_size} / "
+            f"(--micro-batch-size {batch.micro_batch_size} x data-parallel size "
+            f"{batch.data_parallel_size})). Drop the key (it is filled in) or make the batch sizes agree."
+        )
+    result["train_micro_batch_size_per_gpu"] = batch.micro_batch_size
+    result["train_batch_size"] = batch.global_batch_size
+    result["gradient_accumulation_steps"] = accumulation
+    result.setdefault("zero_optimization", {})["stage"] = stage
+    result["gradient_clipping"] = clip
+    result.setdefault("steps_per_print", QUIET_STEPS_PER_PRINT)
+    if precision.bf16:
+        result.setdefault(_bf16_key(ds), {})["enabled"] = True
+    if precision.fp16:
+        fp16 = result.setdefault("fp16", {})
+        fp16["enabled"] = True
+        fp16["loss_scale"] = precision.loss_scale or 0
+        fp16["initial_scale_power"] = _log2(precision.initial_loss_scale)
+        fp16["loss_scale_window"] = precision.loss_scale_window
+        fp16["hysteresis"] = precision.hysteresis
+        fp16["min_loss_scale"] = int(precision.min_loss_scale)
+    _check_with_deepspeed(result, ds.path)
+    return result
+
+
+def _check_with_deepspeed(data: Mapping[str, Any], path: str) -> None:
+    """Run DeepSpeed's parser over the whole dict, catching what the section models do not (cross-section
+    rules, removed features, bad enum strings). Batch keys are replaced by a micro batch of 1, since this
+    process does not know the world size DeepSpeed would check them against; the batch was checked above."""
+    probe = {k: v for k, v in data.items() if k not in ("train_batch_size", "gradient_accumulation_steps")}
+    probe["train_micro_batch_size_per_gpu"] = 1
+    try:
+        with _quiet_deepspeed():
+            DeepSpeedRuntimeConfig(probe)
+    except Exception as exc:
+        raise ConfigError(f"ds_config {path}: DeepSpeed rejects it: {exc}") from exc

@@ -1,0 +1,185 @@
+"""The typed, frozen run configuration.
+
+Every component (model, data, training, checkpointing) receives the part of this object it needs, passed
+explicitly. It is built once by ``megatron.config.build.build_config`` from the command line and the ds_config
+JSON, validated there, before any process group exists. Field names follow the Megatron-DeepSpeed flag names
+(``--hidden-size`` -> ``hidden_size``) so a user can map one to the other without a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and regularisation of the transformer. ``padded_vocab_size`` is derived from the tokenizer."""
+
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    ffn_hidden_size: int
+    seq_length: int
+    max_position_embeddings: int
+    padded_vocab_size: int
+    make_vocab_size_divisible_by: int = 128
+    init_method_std: float = 0.02
+    attention_dropout: float = 0.1
+    hidden_dropout: float = 0.1
+    layernorm_epsilon: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Process layout. ``world_size`` is read from the launcher's environment (WORLD_SIZE) before any group
+    starts, so divisibility can be checked up front. Data-parallel size is what remains of the world."""
+
+    world_size: int = 1
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    no_pipeline_parallel: bool = False
+
+    @property
+    def data_parallel_size(self) -> int:
+        return self.world_size // (self.tensor_model_parallel_size * self.pipeline_model_parallel_size)
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Batch arithmetic, derived in one place: global = micro x accumulation x data-parallel size."""
+
+    micro_batch_size: int
+    global_batch_size: int
+    data_parallel_size: int
+    # (start global batch, increment, ramp-up samples) as in Megatron's --rampup-batch-size; None: no ramp-up.
+    rampup_batch_size: tuple[int, int, int] | None = None
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.data_parallel_size)
+
+
+@dataclass(frozen=True)
+class DurationConfig:
+    """How long to train. Exactly one of ``train_iters`` / ``train_samples`` is set."""
+
+    train_iters: int | None = None
+    train_samples: int | None = None
+    exit_interval: int | None = None
+    exit_duration_in_mins: float | None = None
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    clip_grad: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    sgd_momentum: float = 0.9
+
+
+@dataclass(frozen=True)
+class LRScheduleConfig:
+    """Warmup then decay, counted in iterations or in samples (Megatron's two modes; never both).
+
+    After validation ``decay_iters``/``warmup_iters`` are set in iteration mode and ``decay_samples``/
+    ``warmup_samples`` in sample mode; ``warmup_fraction`` has already been resolved into one of them.
+    """
+
+    decay_style: Literal["linear", "cosine", "constant"] = "linear"
+    min_lr: float = 0.0
+    decay_iters: int | None = None
+    decay_samples: int | None = None
+    warmup_iters: int = 0
+    warmup_samples: int = 0
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """``loss_scale`` None means dynamic loss scaling (fp16 only)."""
+
+    fp16: bool = False
+    bf16: bool = False
+    loss_scale: float | None = None
+    initial_loss_scale: float = 2.0**32
+    min_loss_scale: float = 1.0
+    loss_scale_window: int = 1000
+    hysteresis: int = 2
+
+    @property
+    def dtype_name(self) -> str:
+        return "fp16" if self.fp16 else "bf16" if self.bf16 else "fp32"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the tokens come from. ``data_path`` holds (weight, prefix) pairs, weights normalised to sum 1."""
+
+    data_path: tuple[tuple[float, str], ...]
+    split: str = "969,30,1"
+    tokenizer_type: str = "GPT2BPETokenizer"
+    vocab_file: str | None = None
+    merge_file: str | None = None
+    # HFTokenizer: a tokenizer.json file, or a folder that holds one.
+    tokenizer_model: str | None = None
+    data_impl: Literal["mmap"] = "mmap"
+    eod_mask_loss: bool = False
+    num_workers: int = 2
+    data_cache_path: str | None = None
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    log_interval: int = 100
+    eval_interval: int = 1000
+    eval_iters: int = 100
+    tensorboard_dir: str | None = None
+    wandb_project: str | None = None
+    wandb_exp_name: str | None = None
+    wandb_save_dir: str | None = None
+    wandb_mode: Literal["online", "offline", "disabled"] = "online"
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    save: str | None = None
+    load: str | None = None
+    save_interval: int | None = None
+    no_load_optim: bool = False
+    no_load_rng: bool = False
+    finetune: bool = False
+
+
+@dataclass(frozen=True)
+class DeepSpeedConfig:
+    """The ds_config reconciled with the flags: ``ds_config`` is what ``deepspeed.initialize`` gets."""
+
+    config_path: str
+    ds_config: Mapping[str, Any]
+    zero_stage: int
+    activation_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig
+    parallel: ParallelConfig
+    batch: BatchConfig
+    duration: DurationConfig
+    optimizer: OptimizerConfig
+    lr_schedule: LRScheduleConfig
+    precision: PrecisionConfig
+    data: DataConfig
+    logging: LoggingConfig
+    checkpoint: CheckpointConfig
+    deepspeed: DeepSpeedConfig
+    seed: int = 1234

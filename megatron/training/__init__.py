@@ -1,0 +1,1 @@
+"""The training run: DeepSpeed engine construction, the step, schedules, logging and evaluation."""

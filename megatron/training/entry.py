@@ -1,0 +1,34 @@
+"""What every ``pretrain_*.py`` entry point does before training: flags -> config, checks, clean errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from megatron.config.errors import ConfigError
+
+
+def configure_logging() -> None:
+    """Rank 0 logs progress; other ranks only warnings, so a 64-rank job prints one log line per interval."""
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="[%(asctime)s] %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        stream=sys.stdout,
+        force=True,
+    )
+
+
+def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
+    """Run ``main`` and turn a :class:`ConfigError` into one readable line and exit status 2, no traceback."""
+    configure_logging()
+    try:
+        main(argv)
+    except ConfigError as error:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

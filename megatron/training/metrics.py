@@ -1,0 +1,76 @@
+"""Where training metrics go: the log line on stdout, tensorboard and wandb (each only on rank 0)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+from megatron.config.schema import Config
+
+logger = logging.getLogger("megatron")
+
+
+class MetricsWriter:
+    """Fans scalars out to tensorboard and wandb when they are configured; a no-op on ranks other than 0."""
+
+    def __init__(self, config: Config, is_main: bool):
+        self._tensorboard = None
+        self._wandb_run = None
+        if not is_main:
+            return
+        log_config = config.logging
+        if log_config.tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(log_dir=log_config.tensorboard_dir)
+            logger.info("tensorboard: writing to %s", log_config.tensorboard_dir)
+        if log_config.wandb_project and log_config.wandb_mode != "disabled":
+            import wandb
+
+            save_dir = log_config.wandb_save_dir or os.getcwd()
+            os.makedirs(save_dir, exist_ok=True)
+            self._wandb_run = wandb.init(
+                project=log_config.wandb_project,
+                name=log_config.wandb_exp_name,
+                dir=save_dir,
+                mode=log_config.wandb_mode,
+                config=dataclasses.asdict(config),
+            )
+            logger.info("wandb: project %s, mode %s", log_config.wandb_project, log_config.wandb_mode)
+
+    def scalars(self, values: dict[str, float], iteration: int, consumed_samples: int) -> None:
+        if self._tensorboard is not None:
+            for name, value in values.items():
+                self._tensorboard.add_scalar(name, value, iteration)
+                self._tensorboard.add_scalar(f"{name} vs samples", value, consumed_samples)
+            self._tensorboard.flush()
+        if self._wandb_run is not None:
+            self._wandb_run.log({**values, "consumed samples": consumed_samples}, step=iteration)
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0.0, seconds))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def format_log_line(fields: dict[str, Any]) -> str:
+    """Megatron's ``name: value |`` layout, which users' log parsers already read."""
+    parts = []
+    for name, value in fields.items():
+        if name == "iteration":
+            parts.append(f"iteration {value}")
+        elif isinstance(value, float):
+            parts.append(
+                f"{name}: {value:.6E}" if name in ("learning rate", "lm loss") else f"{name}: {value:.3f}"
+            )
+        else:
+            parts.append(f"{name}: {value}")
+    return " | ".join(parts) + " |"

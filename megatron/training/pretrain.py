@@ -1,0 +1,317 @@
+"""The pretraining run: engine, data, the loop with its logging, evaluation, checkpoints and exit rules."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import deepspeed
+import torch
+from torch import nn
+
+from megatron.checkpointing import TrainState, load_checkpoint, save_checkpoint
+from megatron.config.schema import Config
+from megatron.data.gpt_dataset import build_train_valid_test_datasets
+from megatron.data.samplers import build_pretraining_data_loader
+from megatron.training.activation_checkpointing import apply_deepspeed_activation_checkpointing
+from megatron.training.batch_schedule import global_batch_size_at
+from megatron.training.distributed import DistributedContext, all_reduce_mean, any_rank
+from megatron.training.lr_schedule import LRScheduler
+from megatron.training.metrics import MetricsWriter, format_duration, format_log_line
+from megatron.training.optimizer import build_optimizer
+from megatron.training.rng import set_seed
+from megatron.training.step import Batch, evaluate, make_batch, train_step
+from megatron.training.throughput import flops_per_token
+
+logger = logging.getLogger("megatron")
+
+
+def dataset_sample_counts(config: Config) -> tuple[int, int, int]:
+    """Samples each split must supply (Megatron's rule: evaluation at every interval and once at the end)."""
+    batch = config.batch.global_batch_size
+    duration = config.duration
+    train_samples = duration.train_samples or duration.train_iters * batch
+    approx_iters = duration.train_iters or math.ceil(train_samples / batch)
+    evaluations = approx_iters // config.logging.eval_interval + 1
+    return (
+        train_samples,
+        evaluations * config.logging.eval_iters * batch,
+        config.logging.eval_iters * batch,
+    )
+
+
+def cycle_batches(loader, device: torch.device, eod: int, eod_mask_loss: bool) -> Iterator[Batch]:
+    """Validation data is reused from its start once exhausted (Megatron's cyclic valid iterator)."""
+    while True:
+        for sample in loader:
+            yield make_batch(sample, device, eod, eod_mask_loss)
+
+
+def train_batches(loader, device: torch.device, eod: int, eod_mask_loss: bool) -> Iterator[Batch]:
+    for sample in loader:
+        yield make_batch(sample, device, eod, eod_mask_loss)
+
+
+class Pretraining:
+    """Holds what one run needs; ``run()`` trains to the configured end and saves the final checkpoint."""
+
+    def __init__(
+        self, config: Config, context: DistributedContext, model_builder: Callable[[], nn.Module], eod: int
+    ):
+        self.config = config
+        self.context = context
+        self.eod = eod
+        set_seed(config.seed)
+        model = model_builder()
+        if config.deepspeed.activation_checkpointing:
+            apply_deepspeed_activation_checkpointing(model.transformer_layers, config.deepspeed.ds_config)
+        logger.info(
+            "model: %.1fM parameters, attention through torch SDPA, %s",
+            sum(p.numel() for p in model.parameters()) / 1e6,
+            config.precision.dtype_name,
+        )
+        batch = config.batch
+        logger.info(
+            "batch: global batch size: %d, micro batch size: %d, data-parallel size: %d, "
+            "gradient accumulation steps: %d, ZeRO stage %d",
+            batch.global_batch_size,
+            batch.micro_batch_size,
+            batch.data_parallel_size,
+            batch.gradient_accumulation_steps,
+            config.deepspeed.zero_stage,
+        )
+        optimizer = build_optimizer(model, config.optimizer, context.device.type)
+        self.lr_scheduler = LRScheduler(
+            optimizer, config.optimizer.lr, config.lr_schedule, config.batch.global_batch_size
+        )
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=dict(config.deepspeed.ds_config)
+        )
+        self.own_grad_norm = isinstance(self.engine.optimizer, torch.optim.Optimizer)
+        self.state = TrainState()
+        if config.checkpoint.load:
+            self.state = load_checkpoint(self.engine, config.checkpoint.load, self.lr_scheduler, config)
+        self.metrics = MetricsWriter(config, context.is_main)
+        self.data_parallel_rank = context.rank // (
+            config.parallel.tensor_model_parallel_size * config.parallel.pipeline_model_parallel_size
+        )
+        self.start_time = time.time()
+        self._build_data()
+
+    def _build_data(self) -> None:
+        config = self.config
+        train, valid, _ = build_train_valid_test_datasets(
+            config.data.data_path,
+            config.data.split,
+            dataset_sample_counts(config),
+            config.model.seq_length,
+            config.seed,
+            cache_dir=config.data.data_cache_path,
+        )
+        if train is None:
+            raise ValueError(
+                f"--split {config.data.split} leaves no training data; give the first part a weight"
+            )
+        loader_args = dict(
+            micro_batch_size=config.batch.micro_batch_size,
+            data_parallel_rank=self.data_parallel_rank,
+            data_parallel_size=config.batch.data_parallel_size,
+            num_workers=config.data.num_workers,
+        )
+        device, eod_mask = self.context.device, config.data.eod_mask_loss
+        train_loader = build_pretraining_data_loader(train, self.state.consumed_train_samples, **loader_args)
+        self.train_batches = train_batches(train_loader, device, self.eod, eod_mask)
+        self.valid_batches = None
+        if valid is not None and config.logging.eval_iters > 0:
+            valid_loader = build_pretraining_data_loader(
+                valid, self.state.consumed_valid_samples, **loader_args
+            )
+            self.valid_batches = cycle_batches(valid_loader, device, self.eod, eod_mask)
+
+    def _finished(self) -> bool:
+        duration = self.config.duration
+        if duration.train_iters is not None:
+            return self.state.iteration >= duration.train_iters
+        return self.state.consumed_train_samples >= duration.train_samples
+
+    def _target_iterations(self) -> int:
+        duration = self.config.duration
+        return duration.train_iters or math.ceil(duration.train_samples / self.config.batch.global_batch_size)
+
+    def run(self) -> TrainState:
+        config, state = self.config, self.state
+        batch_config = config.batch
+        tokens_per_sample = config.model.seq_length
+        flops = flops_per_token(config.model)
+        first_iteration = state.iteration
+        window = _LogWindow(self.context.device)
+        while not self._finished():
+            global_batch = global_batch_size_at(batch_config, state.consumed_train_samples)
+            if global_batch != self.engine.train_batch_size():
+                self.engine.set_train_batch_size(global_batch)
+            micro_batches = global_batch // (batch_config.micro_batch_size * batch_config.data_parallel_size)
+            result = train_step(self.engine, self.train_batches, micro_batches, self.own_grad_norm)
+            state.iteration += 1
+            state.consumed_train_samples += global_batch
+            if result.update_applied:
+                self.lr_scheduler.step(global_batch)
+            else:
+                state.skipped_iterations += 1
+            window.add(result, global_batch)
+
+            if state.iteration % config.logging.log_interval == 0:
+                self._log(window, global_batch, tokens_per_sample, flops, state.iteration - first_iteration)
+                window = _LogWindow(self.context.device)
+            if self.valid_batches is not None and state.iteration % config.logging.eval_interval == 0:
+                self._evaluate(f"iteration {state.iteration}")
+            saved = self._maybe_save()
+            if self._should_exit():
+                if not saved and config.checkpoint.save:
+                    save_checkpoint(self.engine, config.checkpoint.save, state, self.lr_scheduler, config)
+                logger.info(
+                    "exiting at iteration %d on --exit-interval / --exit-duration-in-mins", state.iteration
+                )
+                self.metrics.close()
+                return state
+        if self.valid_batches is not None and state.iteration % config.logging.eval_interval != 0:
+            self._evaluate(f"the end of training (iteration {state.iteration})")
+        if config.checkpoint.save and (
+            config.checkpoint.save_interval is None or state.iteration % config.checkpoint.save_interval != 0
+        ):
+            save_checkpoint(self.engine, config.checkpoint.save, state, self.lr_scheduler, config)
+        self.metrics.close()
+        return state
+
+    def _maybe_save(self) -> bool:
+        checkpoint = self.config.checkpoint
+        if (
+            checkpoint.save
+            and checkpoint.save_interval
+            and self.state.iteration % checkpoint.save_interval == 0
+        ):
+            save_checkpoint(self.engine, checkpoint.save, self.state, self.lr_scheduler, self.config)
+            return True
+        return False
+
+    def _should_exit(self) -> bool:
+        duration = self.config.duration
+        if duration.exit_interval and self.state.iteration % duration.exit_interval == 0:
+            return True
+        if duration.exit_duration_in_mins is not None:
+            elapsed_mins = (time.time() - self.start_time) / 60.0
+            return any_rank(elapsed_mins > duration.exit_duration_in_mins, self.context.device)
+        return False
+
+    def _evaluate(self, where: str) -> None:
+        config = self.config
+        micro_batches = config.batch.global_batch_size // (
+            config.batch.micro_batch_size * config.batch.data_parallel_size
+        )
+        loss = all_reduce_mean(
+            evaluate(self.engine, self.valid_batches, micro_batches * config.logging.eval_iters)
+        )
+        self.state.consumed_valid_samples += config.logging.eval_iters * config.batch.global_batch_size
+        value = loss.item()
+        ppl = math.exp(min(20.0, value))
+        logger.info("validation loss at %s | lm loss value: %.6E | lm loss PPL: %.6E |", where, value, ppl)
+        self.metrics.scalars(
+            {"lm loss validation": value, "lm loss validation ppl": ppl},
+            self.state.iteration,
+            self.state.consumed_train_samples,
+        )
+
+    def _log(
+        self, window: _LogWindow, global_batch: int, tokens_per_sample: int, flops: float, iterations_run: int
+    ) -> None:
+        state = self.state
+        elapsed = window.elapsed()
+        loss = all_reduce_mean(window.loss_sum / window.iterations).item()
+        samples_per_second = window.samples / elapsed
+        tokens_per_second = samples_per_second * tokens_per_sample
+        tflops = tokens_per_second * flops / self.context.world_size / 1e12
+        grad_norm = window.last_grad_norm()
+        target = self._target_iterations()
+        seconds_per_iteration = (time.time() - self.start_time) / max(1, iterations_run)
+        fields = {
+            "iteration": f"{state.iteration:8d}/{target:8d} ({100.0 * state.iteration / target:5.1f}%)",
+            "consumed samples": f"{state.consumed_train_samples:12d}",
+            "elapsed time per iteration (ms)": 1000.0 * elapsed / window.iterations,
+            "learning rate": self.lr_scheduler.get_lr(),
+            "global batch size": f"{global_batch:5d}",
+            "lm loss": loss,
+            "loss scale": _loss_scale(self.engine.optimizer),
+            "grad norm": grad_norm if grad_norm is not None else float("nan"),
+            "number of skipped iterations": f"{window.skipped:3d}",
+            "number of nan iterations": f"{int(window.nan_count.item()):3d}",
+            "samples per second": samples_per_second,
+            "tokens per second": tokens_per_second,
+            "TFLOPs per GPU": tflops,
+            "memory (GiB)": _memory_gib(self.context.device),
+            "ETA": format_duration(seconds_per_iteration * (target - state.iteration)),
+        }
+        logger.info(format_log_line(fields))
+        self.metrics.scalars(
+            {
+                "lm loss": loss,
+                "learning rate": fields["learning rate"],
+                "grad norm": fields["grad norm"],
+                "loss scale": fields["loss scale"],
+                "batch size": float(global_batch),
+                "samples per second": samples_per_second,
+                "tokens per second": tokens_per_second,
+                "TFLOPs per GPU": tflops,
+                "skipped iterations": float(window.skipped),
+            },
+            state.iteration,
+            state.consumed_train_samples,
+        )
+
+
+class _LogWindow:
+    """Accumulates one log interval's figures on the device so the step itself never waits on the host."""
+
+    def __init__(self, device: torch.device):
+        self.start = time.time()
+        self.loss_sum = torch.zeros((), device=device)
+        self.nan_count = torch.zeros((), device=device)
+        self.iterations = 0
+        self.samples = 0
+        self.skipped = 0
+        self.grad_norm = None
+
+    def add(self, result, global_batch: int) -> None:
+        finite = torch.isfinite(result.loss)
+        self.loss_sum += torch.where(finite, result.loss, torch.zeros_like(result.loss))
+        self.nan_count += (~finite).float()
+        self.iterations += 1
+        self.samples += global_batch
+        self.skipped += 0 if result.update_applied else 1
+        self.grad_norm = result.grad_norm
+
+    def elapsed(self) -> float:
+        return max(1e-9, time.time() - self.start)
+
+    def last_grad_norm(self) -> float | None:
+        if self.grad_norm is None:
+            return None
+        return float(self.grad_norm.item() if torch.is_tensor(self.grad_norm) else self.grad_norm)
+
+
+def _loss_scale(optimizer) -> float:
+    """DeepSpeed's fp16 wrappers expose the current scale as ``loss_scale``; anything else runs unscaled."""
+    scale = getattr(optimizer, "loss_scale", 1.0)
+    return float(scale.item() if torch.is_tensor(scale) else scale)
+
+
+def _memory_gib(device: torch.device) -> float:
+    """Peak device memory on GPU; the process's resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    with open(f"/proc/{os.getpid()}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")

@@ -1,0 +1,44 @@
+"""Shared fixtures: a small preprocessed slice of the bundled corpus, built once per test session."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.launch import MERGE_FILE, REPO_ROOT, VOCAB_FILE, free_port
+
+CORPUS_DOCUMENTS = 400
+
+
+@pytest.fixture(scope="session")
+def gpt_data_prefix(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The first documents of the bundled corpus as a Megatron mmap dataset; returns its prefix."""
+    from tools.preprocess_data import main as preprocess
+
+    folder = tmp_path_factory.mktemp("gpt_data")
+    corpus = sorted((REPO_ROOT / "data" / "corpus").glob("*.jsonl"))[0]
+    sample = folder / "corpus.jsonl"
+    with corpus.open() as source:
+        sample.write_text("".join(itertools.islice(source, CORPUS_DOCUMENTS)))
+    output = folder / "corpus"
+    preprocess(
+        [
+            "--input", str(sample), "--output-prefix", str(output), "--json-keys", "text",
+            "--tokenizer-type", "GPT2BPETokenizer",
+            "--vocab-file", str(VOCAB_FILE), "--merge-file", str(MERGE_FILE),
+            "--append-eod", "--workers", "1",
+        ]
+    )  # fmt: skip
+    return str(Path(f"{output}_text_document"))
+
+
+@pytest.fixture(scope="session")
+def single_process_group():
+    """A process group of one (gloo on CPU), for in-process tests of code that talks to DeepSpeed's comm."""
+    from megatron.training.distributed import initialize_distributed
+
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    return initialize_distributed()

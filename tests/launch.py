@@ -1,0 +1,92 @@
+"""Running ``pretrain_gpt.py`` for real in tests: one process, or several through a launcher with gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VOCAB_FILE = REPO_ROOT / "data" / "tokenizer" / "gpt2-bpe" / "vocab.json"
+MERGE_FILE = REPO_ROOT / "data" / "tokenizer" / "gpt2-bpe" / "merges.txt"
+
+LOSS_PATTERN = re.compile(r"iteration\s+(\d+)/.*?\| lm loss: (\S+) \|")
+VALID_PATTERN = re.compile(r"validation loss at .*? \| lm loss value: (\S+) \|")
+
+
+def tiny_model_flags(data_prefix: str, train_iters: int = 6) -> list[str]:
+    """A model small enough for several runs a minute on two cores; dropout off so runs compare exactly."""
+    return [
+        "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
+        "--max-position-embeddings", "32", "--micro-batch-size", "2", "--global-batch-size", "8",
+        "--train-iters", str(train_iters), "--lr", "1e-3", "--min-lr", "1e-4", "--lr-decay-style", "cosine",
+        "--lr-warmup-iters", "2", "--weight-decay", "0.01", "--clip-grad", "1.0",
+        "--attention-dropout", "0", "--hidden-dropout", "0",
+        "--data-path", data_prefix, "--split", "90,10,0",
+        "--tokenizer-type", "GPT2BPETokenizer",
+        "--vocab-file", str(VOCAB_FILE), "--merge-file", str(MERGE_FILE),
+        "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "2", "--num-workers", "0",
+        "--seed", "1234", "--deepspeed",
+    ]  # fmt: skip
+
+
+def write_ds_config(path: Path, zero_stage: int, **extra) -> Path:
+    config = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": zero_stage}, **extra}
+    path.write_text(json.dumps(config))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def losses(self) -> dict[int, float]:
+        return {int(it): float(loss) for it, loss in LOSS_PATTERN.findall(self.stdout)}
+
+    @property
+    def loss_strings(self) -> dict[int, str]:
+        return {int(it): loss for it, loss in LOSS_PATTERN.findall(self.stdout)}
+
+    def check(self) -> RunResult:
+        assert self.returncode == 0, (
+            f"run failed ({self.returncode}):\n{self.stdout[-3000:]}\n{self.stderr[-5000:]}"
+        )
+        return self
+
+
+def run_pretrain(
+    flags: list[str], nproc: int = 1, launcher: str = "torchrun", timeout: int = 600
+) -> RunResult:
+    """``nproc`` processes of ``pretrain_gpt.py`` on CPU; DeepSpeed picks its CPU accelerator and gloo."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1" if nproc > 1 else "2", "WANDB_MODE": "offline"}
+    env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    script = str(REPO_ROOT / "pretrain_gpt.py")
+    port = str(free_port())
+    if launcher == "deepspeed":
+        command = ["deepspeed", "--num_gpus", str(nproc), "--master_port", port, script, *flags]
+    elif nproc == 1 and launcher == "python":
+        command = [sys.executable, script, *flags]
+        env["MASTER_PORT"] = port
+    else:
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_port", port, script, *flags,
+        ]  # fmt: skip
+    completed = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    return RunResult(completed.returncode, completed.stdout, completed.stderr)

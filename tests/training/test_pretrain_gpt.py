@@ -1,0 +1,165 @@
+"""pretrain_gpt.py end to end on CPU: one process, data parallel with ZeRO 1-3, precision, resume, logging."""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+
+import pytest
+import torch
+
+from tests.launch import run_pretrain, tiny_model_flags, write_ds_config
+
+
+def test_single_process_loss_falls_and_checkpoint_is_written(gpt_data_prefix, tmp_path):
+    save = tmp_path / "ckpt"
+    flags = tiny_model_flags(gpt_data_prefix, train_iters=8) + [
+        "--deepspeed_config", str(write_ds_config(tmp_path / "ds.json", 0)),
+        "--save", str(save), "--eval-interval", "4",
+    ]  # fmt: skip
+    result = run_pretrain(flags, launcher="python").check()
+    losses = result.losses
+    assert sorted(losses) == list(range(1, 9))
+    assert losses[8] < losses[1] - 0.3, losses
+    assert "validation loss at iteration 4" in result.stdout
+    assert "validation loss at iteration 8" in result.stdout
+    for field in ("consumed samples:", "learning rate:", "grad norm:", "loss scale:", "tokens per second:",
+                  "TFLOPs per GPU:", "number of skipped iterations:", "memory (GiB):", "ETA:"):  # fmt: skip
+        assert field in result.stdout, field
+    assert (save / "latest").read_text() == "global_step8"
+    assert (save / "latest_checkpointed_iteration.txt").read_text() == "8"
+    assert (save / "global_step8" / "mp_rank_00_model_states.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [1, 2, 3])
+def test_data_parallel_zero_matches_single_process(gpt_data_prefix, tmp_path, zero_stage):
+    """Same global batch (8 = 2 micro x 4 accumulation on one rank, 2 micro x 2 accumulation x 2 ranks)."""
+    reference = run_pretrain(
+        tiny_model_flags(gpt_data_prefix)
+        + ["--deepspeed_config", str(write_ds_config(tmp_path / "one.json", 0))],
+        launcher="python",
+    ).check()
+    parallel = run_pretrain(
+        tiny_model_flags(gpt_data_prefix)
+        + ["--deepspeed_config", str(write_ds_config(tmp_path / "two.json", zero_stage))],
+        nproc=2,
+        launcher="deepspeed" if zero_stage == 2 else "torchrun",
+    ).check()
+    assert "gradient accumulation steps: 2" in parallel.stdout
+    assert sorted(parallel.losses) == sorted(reference.losses) == list(range(1, 7))
+    for iteration, loss in reference.losses.items():
+        assert parallel.losses[iteration] == pytest.approx(loss, rel=2e-5), (iteration, parallel.losses, loss)
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_run_exactly(gpt_data_prefix, tmp_path):
+    """8 iterations straight vs 4, stop, resume for 4 more: same losses and bit-identical final weights."""
+    ds_config = ["--deepspeed_config", str(write_ds_config(tmp_path / "ds.json", 1))]
+    dropout = ["--attention-dropout", "0.1", "--hidden-dropout", "0.1"]  # RNG state must be restored too
+    straight = tmp_path / "straight"
+    whole = run_pretrain(
+        tiny_model_flags(gpt_data_prefix, 8) + ds_config + dropout + ["--save", str(straight)],
+        launcher="python",
+    ).check()
+    split = tmp_path / "split"
+    first = (
+        tiny_model_flags(gpt_data_prefix, 8)
+        + ds_config
+        + dropout
+        + ["--save", str(split), "--exit-interval", "4"]
+    )
+    run_pretrain(first, launcher="python").check()
+    assert (split / "latest").read_text() == "global_step4"
+    second = (
+        tiny_model_flags(gpt_data_prefix, 8)
+        + ds_config
+        + dropout
+        + ["--save", str(split), "--load", str(split)]
+    )
+    resumed = run_pretrain(second, launcher="python").check()
+
+    assert sorted(resumed.loss_strings) == [5, 6, 7, 8]
+    for iteration in range(5, 9):
+        assert resumed.loss_strings[iteration] == whole.loss_strings[iteration], iteration
+    final_straight = torch.load(straight / "global_step8" / "mp_rank_00_model_states.pt", weights_only=False)
+    final_resumed = torch.load(split / "global_step8" / "mp_rank_00_model_states.pt", weights_only=False)
+    for name, tensor in final_straight["module"].items():
+        assert torch.equal(tensor, final_resumed["module"][name]), name
+
+
+@pytest.mark.slow
+def test_bf16_trains(gpt_data_prefix, tmp_path):
+    ds_config = write_ds_config(tmp_path / "ds.json", 1, bf16={"enabled": True})
+    result = run_pretrain(
+        tiny_model_flags(gpt_data_prefix, 8) + ["--bf16", "--deepspeed_config", str(ds_config)],
+        launcher="python",
+    ).check()
+    assert result.losses[8] < result.losses[1] - 0.3
+
+
+@pytest.mark.slow
+def test_tensorboard_and_offline_wandb_receive_scalars(gpt_data_prefix, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tensorboard_dir, wandb_dir = tmp_path / "tb", tmp_path / "wandb"
+    flags = tiny_model_flags(gpt_data_prefix, 4) + [
+        "--deepspeed_config", str(write_ds_config(tmp_path / "ds.json", 0)),
+        "--tensorboard-dir", str(tensorboard_dir),
+        "--wandb-project", "tests", "--wandb-save-dir", str(wandb_dir), "--wandb-mode", "offline",
+    ]  # fmt: skip
+    result = run_pretrain(flags, launcher="python").check()
+    events = EventAccumulator(str(tensorboard_dir))
+    events.Reload()
+    logged = [event.value for event in events.Scalars("lm loss")]
+    assert logged == pytest.approx([result.losses[i] for i in range(1, 5)], rel=1e-6)
+    assert "learning rate" in events.Tags()["scalars"]
+    assert glob.glob(os.path.join(wandb_dir, "wandb", "offline-run-*"))
+
+
+def test_bad_flag_fails_before_any_process_group(gpt_data_prefix, tmp_path):
+    flags = tiny_model_flags(gpt_data_prefix) + [
+        "--deepspeed_config", str(write_ds_config(tmp_path / "ds.json", 0)), "--swiglu",
+    ]  # fmt: skip
+    result = run_pretrain(flags, launcher="python")
+    assert result.returncode == 2
+    assert "--swiglu" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "process group" not in (result.stdout + result.stderr).lower()
+
+
+@pytest.mark.slow
+def test_fp16_dynamic_loss_scale_counts_skipped_steps(gpt_data_prefix, tmp_path):
+    """At 2**32 the scaled gradients overflow: those steps are skipped and counted; the scale drops."""
+    ds_config = write_ds_config(tmp_path / "ds.json", 1, fp16={"enabled": True})
+    flags = tiny_model_flags(gpt_data_prefix, 8) + [
+        "--fp16", "--initial-loss-scale", str(2**32), "--loss-scale-window", "1000", "--hysteresis", "1",
+        "--deepspeed_config", str(ds_config),
+    ]  # fmt: skip
+    result = run_pretrain(flags, launcher="python").check()
+    skipped = [int(n) for n in re.findall(r"number of skipped iterations:\s+(\d+)", result.stdout)]
+    scales = [float(s) for s in re.findall(r"loss scale: (\S+) \|", result.stdout)]
+    assert len(skipped) == 8 and sum(skipped) >= 1, skipped
+    assert scales[0] > scales[-1], scales
+    assert all(math.isfinite(loss) for loss in result.losses.values())
+
+
+@pytest.mark.slow
+def test_batch_size_rampup_in_sample_mode(gpt_data_prefix, tmp_path):
+    """Global batch 4 for the first 32 samples, then 8, through the engine's set_train_batch_size."""
+    flags = tiny_model_flags(gpt_data_prefix) + [
+        "--deepspeed_config",
+        str(write_ds_config(tmp_path / "ds.json", 1)),
+    ]
+    flags[flags.index("--train-iters") : flags.index("--train-iters") + 2] = ["--train-samples", "64"]
+    flags[flags.index("--lr-warmup-iters") : flags.index("--lr-warmup-iters") + 2] = [
+        "--lr-warmup-samples",
+        "16",
+    ]
+    result = run_pretrain(flags + ["--rampup-batch-size", "4", "4", "32"], launcher="python").check()
+    batch_sizes = [int(n) for n in re.findall(r"\| global batch size:\s+(\d+)", result.stdout)]
+    consumed = [int(n) for n in re.findall(r"consumed samples:\s+(\d+)", result.stdout)]
+    assert batch_sizes == [4] * 8 + [8] * 4
+    assert consumed[-1] == 64

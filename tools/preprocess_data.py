@@ -1,0 +1,212 @@
+"""Tokenize a JSON-lines corpus into Megatron's mmap indexed dataset (``PREFIX_{key}_document.bin/.idx``).
+
+    python tools/preprocess_data.py --input data/corpus/kjv.jsonl --output-prefix data/kjv \\
+        --tokenizer-type GPT2BPETokenizer --vocab-file data/tokenizer/gpt2-bpe/vocab.json \\
+        --merge-file data/tokenizer/gpt2-bpe/merges.txt --append-eod --workers 4
+
+Each line of the input is one JSON object and becomes one document (no sentence splitting). Training then
+takes ``--data-path data/kjv_text_document``. Lines are tokenized by a pool of workers but written in input
+order, so the output is the same for any ``--workers``. Empty documents are skipped, as in Megatron.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from typing import IO
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable, as `python -m tools...` does
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from megatron.config.errors import ConfigError  # noqa: E402
+from megatron.data.indexed_dataset import (  # noqa: E402
+    MMapIndexedDatasetBuilder,
+    best_fitting_dtype,
+    data_file_path,
+    index_file_path,
+)
+from megatron.data.tokenizer import TOKENIZER_TYPES, Tokenizer, build_tokenizer  # noqa: E402
+
+logger = logging.getLogger("tools.preprocess_data")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    group = parser.add_argument_group("input")
+    group.add_argument("--input", required=True, help="JSON-lines file, .jsonl or .jsonl.gz")
+    group.add_argument(
+        "--json-keys", nargs="+", default=["text"], help="keys to tokenize; one output per key"
+    )
+    group = parser.add_argument_group("tokenizer")
+    group.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
+    group.add_argument("--vocab-file", default=None, help="GPT2BPETokenizer: vocab.json")
+    group.add_argument("--merge-file", default=None, help="GPT2BPETokenizer: merges.txt")
+    group.add_argument("--tokenizer-model", default=None, help="HFTokenizer: tokenizer.json or its folder")
+    group.add_argument("--append-eod", action="store_true", help="end every document with the eod token")
+    group = parser.add_argument_group("output")
+    group.add_argument("--output-prefix", required=True, help="outputs are PREFIX_{key}_document.bin/.idx")
+    group.add_argument("--dataset-impl", default="mmap", choices=["mmap"])
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--workers", type=int, default=1, help="tokenizing processes")
+    group.add_argument("--chunk-size", type=int, default=64, help="lines handed to a worker at a time")
+    group.add_argument("--log-interval", type=int, default=1000, help="documents between progress lines")
+    args = parser.parse_args(argv)
+    for flag in ("workers", "chunk_size", "log_interval"):
+        if getattr(args, flag) < 1:
+            name = "--" + flag.replace("_", "-")
+            raise ConfigError(f"{name} {getattr(args, flag)} must be at least 1.")
+    return args
+
+
+class _Encoder:
+    """Per-process state: the tokenizer is built once per worker, not pickled with every line."""
+
+    tokenizer: Tokenizer
+    args: argparse.Namespace
+
+    @classmethod
+    def setup(cls, args: argparse.Namespace) -> None:
+        cls.args = args
+        cls.tokenizer = build_tokenizer(
+            args.tokenizer_type, args.vocab_file, args.merge_file, args.tokenizer_model
+        )
+
+    @classmethod
+    def encode(cls, numbered_line: tuple[int, str]) -> tuple[dict[str, np.ndarray], int]:
+        """One input line -> tokens per key (empty arrays for empty text), plus its size in bytes."""
+        lineno, line = numbered_line
+        args = cls.args
+        if not line.strip():
+            return {key: np.empty(0, dtype=np.int64) for key in args.json_keys}, len(line)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"--input {args.input!r} line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}); "
+                'each line must hold one JSON object such as {"text": "..."}.'
+            ) from None
+        if not isinstance(record, dict):
+            raise ConfigError(
+                f"--input {args.input!r} line {lineno} holds a JSON {type(record).__name__}, not an object; "
+                'each line must hold one JSON object such as {"text": "..."}.'
+            )
+        out = {}
+        for key in args.json_keys:
+            if key not in record:
+                raise ConfigError(
+                    f"--json-keys {key!r} is missing from --input {args.input!r} line {lineno} (keys there: "
+                    f"{sorted(record)}); pass the key that holds the text."
+                )
+            text = record[key]
+            if not isinstance(text, str):
+                raise ConfigError(
+                    f"--json-keys {key!r} in --input {args.input!r} line {lineno} is a "
+                    f"{type(text).__name__}, not a string; pass the key that holds the text."
+                )
+            ids = cls.tokenizer.tokenize(text)
+            if ids and args.append_eod:
+                ids.append(cls.tokenizer.eod)
+            out[key] = np.asarray(ids, dtype=np.int64)
+        return out, len(line)
+
+
+def _open_input(path: str) -> IO[str]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"--input {path!r} does not exist; pass a .jsonl or .jsonl.gz file.")
+    try:
+        if path.endswith(".gz"):
+            return gzip.open(path, "rt", encoding="utf-8")
+        return open(path, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"--input {path!r} cannot be read ({exc.strerror}); check its permissions."
+        ) from exc
+
+
+def output_prefix(args: argparse.Namespace, key: str) -> str:
+    return f"{args.output_prefix}_{key}_document"
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    _Encoder.setup(args)  # in this process too: validates the tokenizer flags before any worker starts
+    source = _open_input(args.input)  # before any output file exists, so a bad --input leaves none behind
+    vocab_size = _Encoder.tokenizer.vocab_size
+    dtype = best_fitting_dtype(vocab_size)
+    out_dir = os.path.dirname(os.path.abspath(args.output_prefix))
+    os.makedirs(out_dir, exist_ok=True)
+    builders = {
+        key: MMapIndexedDatasetBuilder(data_file_path(output_prefix(args, key)), dtype)
+        for key in args.json_keys
+    }
+    logger.info(
+        "tokenizing %s with %s (vocab %d, %s) into %s",
+        args.input,
+        _Encoder.tokenizer.name,
+        vocab_size,
+        np.dtype(dtype),
+        ", ".join(output_prefix(args, k) for k in args.json_keys),
+    )
+
+    start = time.time()
+    lines = skipped = total_bytes = 0
+    with source as f:
+        if args.workers == 1:
+            results = map(_Encoder.encode, enumerate(f, start=1))
+            pool = None
+        else:
+            # spawn, not fork: the parent may already run tokenizer or torch threads, which fork would copy.
+            pool = multiprocessing.get_context("spawn").Pool(args.workers, _Encoder.setup, (args,))
+            results = pool.imap(_Encoder.encode, enumerate(f, start=1), args.chunk_size)
+        try:
+            for doc, size in results:
+                total_bytes += size
+                for key, ids in doc.items():
+                    if ids.size == 0:
+                        skipped += 1
+                        continue
+                    builders[key].add_item(ids)
+                    builders[key].end_document()
+                lines += 1
+                if lines % args.log_interval == 0:
+                    elapsed = max(time.time() - start, 1e-9)
+                    logger.info(
+                        "processed %d documents (%.0f docs/s, %.2f MB/s)",
+                        lines,
+                        lines / elapsed,
+                        total_bytes / elapsed / 1e6,
+                    )
+        except BaseException:
+            for builder in builders.values():
+                builder.discard()  # no half-written .bin left to be mistaken for a finished corpus
+            raise
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+
+    for key, builder in builders.items():
+        builder.finalize(index_file_path(output_prefix(args, key)))
+    logger.info(
+        "done: %d lines in %.1f s, %d empty documents skipped; use --data-path %s",
+        lines,
+        time.time() - start,
+        skipped,
+        output_prefix(args, args.json_keys[0]),
+    )
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as exc:  # the message says what to fix; a traceback would only bury it
+        sys.exit(f"preprocess_data.py: error: {exc}")
