@@ -25,6 +25,7 @@ from megatron.config.schema import (
     ModelConfig,
     OptimizerConfig,
     ParallelConfig,
+    PrecisionConfig,
 )
 
 _REQUIRED_FLAGS = (
@@ -92,6 +93,7 @@ def build_config(args: argparse.Namespace, world_size: int, vocab_size: int) -> 
     precision = ds_config.precision_config(ds, args)
     clip = ds_config.clip_grad(ds, args)
     stage = ds_config.zero_stage(ds, args)
+    _check_fp16_stage(precision, stage, ds.path)
     reconciled = ds_config.reconcile_ds_config(ds, batch=batch, precision=precision, clip=clip, stage=stage)
     return Config(
         model=model,
@@ -112,6 +114,18 @@ def build_config(args: argparse.Namespace, world_size: int, vocab_size: int) -> 
         ),
         seed=args.seed,
     )
+
+
+def _check_fp16_stage(precision: PrecisionConfig, stage: int, ds_path: str) -> None:
+    """DeepSpeed 0.19's stage-0 fp16 wrapper leaves the loss unscaled around an optimizer built outside
+    DeepSpeed (seen on CPU and on an H100: the scale never moves, no step is skipped, the loss stays flat),
+    while its ZeRO optimizers scale correctly; so fp16 runs need ZeRO stage 1 or more."""
+    if precision.fp16 and stage == 0:
+        raise ConfigError(
+            f"--fp16 with ZeRO stage 0 (--zero-stage / zero_optimization.stage in {ds_path}): DeepSpeed's "
+            "stage-0 fp16 path does not apply dynamic loss scaling to this toolkit's optimizer. Use "
+            "--zero-stage 1 (free on one GPU, and it shards optimizer states on several), or --bf16."
+        )
 
 
 def _dest(flag: str) -> str:

@@ -338,6 +338,9 @@ def test_rules_only_deepspeed_knows_are_checked_too(tmp_path):
     with pytest.raises(ConfigError, match="DeepSpeed rejects it: .*curriculum_learning"):
         build(tmp_path, ds={"curriculum_learning": {"enabled": False}})
     fp16_master = {"fp16": {"enabled": True, "fp16_master_weights_and_grads": True}}
-    with pytest.raises(ConfigError, match="DeepSpeed rejects it: .*ZeRO Stage 1, 2, or 3"):
-        build(tmp_path, {"--zero-stage": "0"}, ds=fp16_master)
     assert build(tmp_path, ds=fp16_master).deepspeed.zero_stage == 1
+
+
+def test_fp16_needs_zero_stage_one_or_more(tmp_path):
+    with pytest.raises(ConfigError, match=r"--fp16 with ZeRO stage 0 .* Use --zero-stage 1 .* or --bf16"):
+        build(tmp_path, {"--zero-stage": "0"}, ds={"fp16": {"enabled": True}})
