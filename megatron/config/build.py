@@ -11,17 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from megatron.config import ds_config
-from megatron.config.errors import ConfigError
+from megatron.config import ds_config, schedules
+from megatron.config.errors import ConfigError, flag_dest, require_positive
 from megatron.config.schema import (
-    BatchConfig,
     CheckpointConfig,
     Config,
     DataConfig,
     DeepSpeedConfig,
-    DurationConfig,
     LoggingConfig,
-    LRScheduleConfig,
     ModelConfig,
     OptimizerConfig,
     ParallelConfig,
@@ -81,15 +78,17 @@ def build_config(args: argparse.Namespace, world_size: int, vocab_size: int) -> 
     ds_path = _ds_config_path(args)
     parallel = _parallel_config(args, world_size)
     model = _model_config(args, vocab_size, parallel.tensor_model_parallel_size)
-    duration = _duration_config(args)
-    lr_schedule = _lr_schedule_config(args, duration)
+    duration = schedules.duration_config(args)
+    lr_schedule = schedules.lr_schedule_config(args, duration)
     data = _data_config(args)
     logging_config = _logging_config(args)
     checkpoint = _checkpoint_config(args)
 
     ds = ds_config.load_ds_config(ds_path)
     micro, global_batch = ds_config.batch_sizes(ds, args, parallel.data_parallel_size)
-    batch = _batch_config(micro, global_batch, parallel.data_parallel_size, args.rampup_batch_size, duration)
+    batch = schedules.batch_config(
+        micro, global_batch, parallel.data_parallel_size, args.rampup_batch_size, duration
+    )
     precision = ds_config.precision_config(ds, args)
     clip = ds_config.clip_grad(ds, args)
     stage = ds_config.zero_stage(ds, args)
@@ -128,24 +127,15 @@ def _check_fp16_stage(precision: PrecisionConfig, stage: int, ds_path: str) -> N
         )
 
 
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
-
-
 def _check_required(args: argparse.Namespace) -> None:
-    missing = [flag for flag in _REQUIRED_FLAGS if getattr(args, _dest(flag)) is None]
+    missing = [flag for flag in _REQUIRED_FLAGS if getattr(args, flag_dest(flag)) is None]
     if missing:
         raise ConfigError(f"missing required flag(s): {', '.join(missing)}. Add them to the command line.")
 
 
-def _positive(flag: str, value: float | None) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(f"{flag} {value}: must be > 0.")
-
-
 def _parallel_config(args: argparse.Namespace, world_size: int) -> ParallelConfig:
     for flag in ("--tensor-model-parallel-size", "--pipeline-model-parallel-size"):
-        size = getattr(args, _dest(flag))
+        size = getattr(args, flag_dest(flag))
         if size != 1:
             raise ConfigError(
                 f"{flag} {size}: tensor and pipeline parallelism are not available yet; set {flag} 1 "
@@ -182,7 +172,7 @@ def _model_config(args: argparse.Namespace, vocab_size: int, tensor_parallel_siz
         ("--init-method-std", args.init_method_std),
         ("--layernorm-epsilon", args.layernorm_epsilon),
     ):
-        _positive(flag, value)
+        require_positive(flag, value)
     if args.hidden_size % args.num_attention_heads:
         raise ConfigError(
             f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads "
@@ -216,72 +206,13 @@ def _model_config(args: argparse.Namespace, vocab_size: int, tensor_parallel_siz
     )
 
 
-def _duration_config(args: argparse.Namespace) -> DurationConfig:
-    if (args.train_iters is None) == (args.train_samples is None):
-        given = "both were given" if args.train_iters is not None else "neither was given"
-        raise ConfigError(f"give exactly one of --train-iters and --train-samples ({given}).")
-    _positive("--train-iters", args.train_iters)
-    _positive("--train-samples", args.train_samples)
-    _positive("--exit-interval", args.exit_interval)
-    _positive("--exit-duration-in-mins", args.exit_duration_in_mins)
-    return DurationConfig(
-        train_iters=args.train_iters,
-        train_samples=args.train_samples,
-        exit_interval=args.exit_interval,
-        exit_duration_in_mins=args.exit_duration_in_mins,
-    )
-
-
-def _lr_schedule_config(args: argparse.Namespace, duration: DurationConfig) -> LRScheduleConfig:
-    """Megatron's two modes: with --train-iters the schedule counts iterations, with --train-samples it
-    counts samples, and the other mode's flags are an error rather than silently ignored."""
-    _positive("--lr", args.lr)
-    if args.min_lr < 0 or args.min_lr > args.lr:
-        raise ConfigError(f"--min-lr {args.min_lr}: must be between 0 and --lr {args.lr}.")
-    fraction = args.lr_warmup_fraction
-    if fraction is not None and not 0.0 <= fraction <= 1.0:
-        raise ConfigError(f"--lr-warmup-fraction {fraction}: must be in [0, 1].")
-    iteration_mode = duration.train_iters is not None
-    unit, other = ("iters", "samples") if iteration_mode else ("samples", "iters")
-    mode_flag = f"--train-{unit}"
-    for flag in (f"--lr-decay-{other}", f"--lr-warmup-{other}"):
-        if getattr(args, _dest(flag)):
-            raise ConfigError(
-                f"{flag} {getattr(args, _dest(flag))} does not apply with {mode_flag}: the schedule counts "
-                f"{unit} there. Use --lr-decay-{unit} / --lr-warmup-{unit} instead."
-            )
-    warmup_flag = f"--lr-warmup-{unit}"
-    if fraction is not None and getattr(args, _dest(warmup_flag)):
-        raise ConfigError(
-            f"--lr-warmup-fraction {fraction} and {warmup_flag} {getattr(args, _dest(warmup_flag))} were "
-            "both given; choose one way to set the warmup."
-        )
-    decay_flag = f"--lr-decay-{unit}"
-    decay = getattr(args, _dest(decay_flag))
-    _positive(decay_flag, decay)
-    if decay is None:
-        decay_flag, decay = mode_flag, getattr(args, _dest(mode_flag))
-    warmup = int(fraction * decay) if fraction is not None else getattr(args, _dest(warmup_flag))
-    if warmup < 0:
-        raise ConfigError(f"{warmup_flag} {warmup}: must be >= 0.")
-    if warmup > decay:
-        source = "--lr-warmup-fraction" if fraction is not None else warmup_flag
-        raise ConfigError(
-            f"warmup of {warmup} {unit} (from {source}) is longer than the decay of {decay} {unit} (from "
-            f"{decay_flag}); shorten the warmup or lengthen the decay."
-        )
-    if iteration_mode:
-        return LRScheduleConfig(args.lr_decay_style, args.min_lr, decay_iters=decay, warmup_iters=warmup)
-    return LRScheduleConfig(args.lr_decay_style, args.min_lr, decay_samples=decay, warmup_samples=warmup)
-
-
 def _optimizer_config(args: argparse.Namespace, clip: float) -> OptimizerConfig:
     if args.weight_decay < 0:
         raise ConfigError(f"--weight-decay {args.weight_decay}: must be >= 0.")
     for flag, value in (("--adam-beta1", args.adam_beta1), ("--adam-beta2", args.adam_beta2)):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{flag} {value}: must be in [0, 1).")
-    _positive("--adam-eps", args.adam_eps)
+    require_positive("--adam-eps", args.adam_eps)
     if args.sgd_momentum < 0:
         raise ConfigError(f"--sgd-momentum {args.sgd_momentum}: must be >= 0.")
     return OptimizerConfig(
@@ -309,63 +240,9 @@ def _ds_config_path(args: argparse.Namespace) -> str:
     return args.deepspeed_config
 
 
-def _batch_config(
-    micro: int | None,
-    global_batch: int | None,
-    data_parallel_size: int,
-    rampup: list[int] | None,
-    duration: DurationConfig,
-) -> BatchConfig:
-    if micro is None:
-        raise ConfigError(
-            "missing required flag --micro-batch-size (or train_micro_batch_size_per_gpu in the ds_config)."
-        )
-    _positive("--micro-batch-size", micro)
-    _positive("--global-batch-size", global_batch)
-    per_step = micro * data_parallel_size
-    if global_batch % per_step:
-        raise ConfigError(
-            f"--global-batch-size {global_batch} is not divisible by --micro-batch-size {micro} x "
-            f"data-parallel size {data_parallel_size} = {per_step}: gradient accumulation steps = global / "
-            f"(micro x data-parallel) must be a whole number. Use a multiple of {per_step}."
-        )
-    if rampup is not None:
-        _check_rampup(tuple(rampup), global_batch, per_step, duration)
-    return BatchConfig(
-        micro_batch_size=micro,
-        global_batch_size=global_batch,
-        data_parallel_size=data_parallel_size,
-        rampup_batch_size=tuple(rampup) if rampup is not None else None,
-    )
-
-
-def _check_rampup(
-    rampup: tuple[int, ...], global_batch: int, per_step: int, duration: DurationConfig
-) -> None:
-    start, increment, samples = rampup
-    flag = f"--rampup-batch-size {start} {increment} {samples}"
-    if duration.train_iters is not None:
-        raise ConfigError(
-            f"{flag} needs --train-samples: a batch-size ramp-up counts samples, not iterations."
-        )
-    if start <= 0 or increment <= 0 or samples < 0:
-        raise ConfigError(f"{flag}: START and INCR must be > 0 and SAMPLES >= 0.")
-    if start > global_batch or (global_batch - start) % increment:
-        raise ConfigError(
-            f"{flag}: the ramp must reach --global-batch-size {global_batch} from START {start} in whole "
-            f"steps of INCR {increment}, so (global - START) must be a non-negative multiple of INCR."
-        )
-    for name, value in (("START", start), ("INCR", increment)):
-        if value % per_step:
-            raise ConfigError(
-                f"{flag}: {name} {value} is not a multiple of micro-batch size x data-parallel size = "
-                f"{per_step}, so some ramp steps would need a fractional number of micro-batches."
-            )
-
-
 def _data_config(args: argparse.Namespace) -> DataConfig:
     for flag in _TOKENIZER_FILES[args.tokenizer_type]:
-        if getattr(args, _dest(flag)) is None:
+        if getattr(args, flag_dest(flag)) is None:
             needed = " and ".join(_TOKENIZER_FILES[args.tokenizer_type])
             raise ConfigError(f"--tokenizer-type {args.tokenizer_type} needs {needed}; {flag} is missing.")
     if args.data_impl != "mmap":
@@ -433,8 +310,8 @@ def _check_split(split: str) -> None:
 
 
 def _logging_config(args: argparse.Namespace) -> LoggingConfig:
-    _positive("--log-interval", args.log_interval)
-    _positive("--eval-interval", args.eval_interval)
+    require_positive("--log-interval", args.log_interval)
+    require_positive("--eval-interval", args.eval_interval)
     if args.eval_iters < 0:
         raise ConfigError(f"--eval-iters {args.eval_iters}: must be >= 0 (0 turns evaluation off).")
     wandb_mode = args.wandb_mode or os.environ.get("WANDB_MODE") or "online"
@@ -460,7 +337,7 @@ def _checkpoint_config(args: argparse.Namespace) -> CheckpointConfig:
             f"--save-interval {args.save_interval} was given without --save; add --save <directory> or drop "
             "--save-interval."
         )
-    _positive("--save-interval", args.save_interval)
+    require_positive("--save-interval", args.save_interval)
     return CheckpointConfig(
         save=args.save,
         load=args.load,

@@ -163,3 +163,15 @@ def test_batch_size_rampup_in_sample_mode(gpt_data_prefix, tmp_path):
     consumed = [int(n) for n in re.findall(r"consumed samples:\s+(\d+)", result.stdout)]
     assert batch_sizes == [4] * 8 + [8] * 4
     assert consumed[-1] == 64
+
+
+@pytest.mark.slow
+def test_deepspeed_activation_checkpointing_flag_keeps_the_losses(gpt_data_prefix, tmp_path):
+    flags = tiny_model_flags(gpt_data_prefix, 4) + [
+        "--deepspeed_config", str(write_ds_config(tmp_path / "ds.json", 1)),
+        "--attention-dropout", "0.1", "--hidden-dropout", "0.1",
+    ]  # fmt: skip
+    plain = run_pretrain(flags, launcher="python").check()
+    recomputed = run_pretrain(flags + ["--deepspeed-activation-checkpointing"], launcher="python").check()
+    assert "activation checkpointing: DeepSpeed, every transformer layer (2)" in recomputed.stdout
+    assert recomputed.losses == pytest.approx(plain.losses, rel=1e-6)

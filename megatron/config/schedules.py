@@ -1,0 +1,126 @@
+"""The run's length, learning-rate schedule and batch arithmetic: the rules that tie flags together in time.
+
+Split from ``build.py`` so that the schedule rules (Megatron's iteration and sample modes, the batch-size
+ramp-up) can be read in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from megatron.config.errors import ConfigError, flag_dest, require_positive
+from megatron.config.schema import BatchConfig, DurationConfig, LRScheduleConfig
+
+
+def duration_config(args: argparse.Namespace) -> DurationConfig:
+    if (args.train_iters is None) == (args.train_samples is None):
+        given = "both were given" if args.train_iters is not None else "neither was given"
+        raise ConfigError(f"give exactly one of --train-iters and --train-samples ({given}).")
+    require_positive("--train-iters", args.train_iters)
+    require_positive("--train-samples", args.train_samples)
+    require_positive("--exit-interval", args.exit_interval)
+    require_positive("--exit-duration-in-mins", args.exit_duration_in_mins)
+    return DurationConfig(
+        train_iters=args.train_iters,
+        train_samples=args.train_samples,
+        exit_interval=args.exit_interval,
+        exit_duration_in_mins=args.exit_duration_in_mins,
+    )
+
+
+def lr_schedule_config(args: argparse.Namespace, duration: DurationConfig) -> LRScheduleConfig:
+    """Megatron's two modes: with --train-iters the schedule counts iterations, with --train-samples it
+    counts samples, and the other mode's flags are an error rather than silently ignored."""
+    require_positive("--lr", args.lr)
+    if args.min_lr < 0 or args.min_lr > args.lr:
+        raise ConfigError(f"--min-lr {args.min_lr}: must be between 0 and --lr {args.lr}.")
+    fraction = args.lr_warmup_fraction
+    if fraction is not None and not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"--lr-warmup-fraction {fraction}: must be in [0, 1].")
+    iteration_mode = duration.train_iters is not None
+    unit, other = ("iters", "samples") if iteration_mode else ("samples", "iters")
+    mode_flag = f"--train-{unit}"
+    for flag in (f"--lr-decay-{other}", f"--lr-warmup-{other}"):
+        value = getattr(args, flag_dest(flag))
+        if value:
+            raise ConfigError(
+                f"{flag} {value} does not apply with {mode_flag}: the schedule counts "
+                f"{unit} there. Use --lr-decay-{unit} / --lr-warmup-{unit} instead."
+            )
+    warmup_flag = f"--lr-warmup-{unit}"
+    if fraction is not None and getattr(args, flag_dest(warmup_flag)):
+        raise ConfigError(
+            f"--lr-warmup-fraction {fraction} and {warmup_flag} {getattr(args, flag_dest(warmup_flag))} were "
+            "both given; choose one way to set the warmup."
+        )
+    decay_flag = f"--lr-decay-{unit}"
+    decay = getattr(args, flag_dest(decay_flag))
+    require_positive(decay_flag, decay)
+    if decay is None:
+        decay_flag, decay = mode_flag, getattr(args, flag_dest(mode_flag))
+    warmup = int(fraction * decay) if fraction is not None else getattr(args, flag_dest(warmup_flag))
+    if warmup < 0:
+        raise ConfigError(f"{warmup_flag} {warmup}: must be >= 0.")
+    if warmup > decay:
+        source = "--lr-warmup-fraction" if fraction is not None else warmup_flag
+        raise ConfigError(
+            f"warmup of {warmup} {unit} (from {source}) is longer than the decay of {decay} {unit} (from "
+            f"{decay_flag}); shorten the warmup or lengthen the decay."
+        )
+    if iteration_mode:
+        return LRScheduleConfig(args.lr_decay_style, args.min_lr, decay_iters=decay, warmup_iters=warmup)
+    return LRScheduleConfig(args.lr_decay_style, args.min_lr, decay_samples=decay, warmup_samples=warmup)
+
+
+def batch_config(
+    micro: int | None,
+    global_batch: int | None,
+    data_parallel_size: int,
+    rampup: list[int] | None,
+    duration: DurationConfig,
+) -> BatchConfig:
+    if micro is None:
+        raise ConfigError(
+            "missing required flag --micro-batch-size (or train_micro_batch_size_per_gpu in the ds_config)."
+        )
+    require_positive("--micro-batch-size", micro)
+    require_positive("--global-batch-size", global_batch)
+    per_step = micro * data_parallel_size
+    if global_batch % per_step:
+        raise ConfigError(
+            f"--global-batch-size {global_batch} is not divisible by --micro-batch-size {micro} x "
+            f"data-parallel size {data_parallel_size} = {per_step}: gradient accumulation steps = global / "
+            f"(micro x data-parallel) must be a whole number. Use a multiple of {per_step}."
+        )
+    if rampup is not None:
+        _check_rampup(tuple(rampup), global_batch, per_step, duration)
+    return BatchConfig(
+        micro_batch_size=micro,
+        global_batch_size=global_batch,
+        data_parallel_size=data_parallel_size,
+        rampup_batch_size=tuple(rampup) if rampup is not None else None,
+    )
+
+
+def _check_rampup(
+    rampup: tuple[int, ...], global_batch: int, per_step: int, duration: DurationConfig
+) -> None:
+    start, increment, samples = rampup
+    flag = f"--rampup-batch-size {start} {increment} {samples}"
+    if duration.train_iters is not None:
+        raise ConfigError(
+            f"{flag} needs --train-samples: a batch-size ramp-up counts samples, not iterations."
+        )
+    if start <= 0 or increment <= 0 or samples < 0:
+        raise ConfigError(f"{flag}: START and INCR must be > 0 and SAMPLES >= 0.")
+    if start > global_batch or (global_batch - start) % increment:
+        raise ConfigError(
+            f"{flag}: the ramp must reach --global-batch-size {global_batch} from START {start} in whole "
+            f"steps of INCR {increment}, so (global - START) must be a non-negative multiple of INCR."
+        )
+    for name, value in (("START", start), ("INCR", increment)):
+        if value % per_step:
+            raise ConfigError(
+                f"{flag}: {name} {value} is not a multiple of micro-batch size x data-parallel size = "
+                f"{per_step}, so some ramp steps would need a fractional number of micro-batches."
+            )
