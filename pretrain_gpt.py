@@ -7,14 +7,28 @@ from __future__ import annotations
 
 import sys
 
+from torch import nn
+
 from megatron.config.arguments import parse_args
 from megatron.config.build import build_config, world_size_from_env
+from megatron.config.schema import Config
 from megatron.data.gpt_dataset import check_data_prefixes
 from megatron.data.tokenizer import build_tokenizer
 from megatron.model import GPTModel
+from megatron.model.gpt_pipe import gpt_pipeline_module
+from megatron.parallel.context import ParallelContext, build_parallel_context
 from megatron.training.distributed import initialize_distributed
 from megatron.training.entry import run_cli
 from megatron.training.pretrain import Pretraining
+
+
+def gpt_model_provider(config: Config, context: ParallelContext) -> nn.Module:
+    """The plain GPT, or its pipeline-stage form when it spans several stages."""
+    if config.parallel.pipeline_model_parallel_size > 1:
+        return gpt_pipeline_module(
+            config.model, context, config.seed, config.recompute, config.parallel.pipeline_partition_method
+        )
+    return GPTModel(config.model, context, config.seed, config.recompute)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,7 +37,14 @@ def main(argv: list[str] | None = None) -> None:
     config = build_config(args, world_size_from_env(), tokenizer.vocab_size)
     check_data_prefixes(config.data.data_path)
     context = initialize_distributed()
-    Pretraining(config, context, lambda: GPTModel(config.model), eod=tokenizer.eod).run()
+    parallel = config.parallel
+    parallel_context = build_parallel_context(
+        parallel.tensor_model_parallel_size,
+        parallel.pipeline_model_parallel_size,
+        parallel.ds_sequence_parallel_size,
+        parallel.sequence_parallel,
+    )
+    Pretraining(config, context, parallel_context, gpt_model_provider, eod=tokenizer.eod).run()
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_flags(parser)
     _add_deepspeed_flags(parser)
     _add_parallel_flags(parser)
+    _add_recompute_flags(parser)
     return parser
 
 
@@ -290,11 +291,6 @@ def _add_deepspeed_flags(parser: argparse.ArgumentParser) -> None:
         "--zero-stage", type=int, default=None, help="ZeRO stage 0-3. Default: the ds_config's, else 0."
     )
     group.add_argument(
-        "--deepspeed-activation-checkpointing",
-        action="store_true",
-        help="Use DeepSpeed's activation checkpointing, set up by the ds_config's activation_checkpointing.",
-    )
-    group.add_argument(
         "--local_rank",
         "--local-rank",
         dest="local_rank",
@@ -307,11 +303,75 @@ def _add_deepspeed_flags(parser: argparse.ArgumentParser) -> None:
 def _add_parallel_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("parallel")
     group.add_argument(
-        "--tensor-model-parallel-size", type=int, default=1, help="Tensor-parallel size (only 1 for now)."
+        "--tensor-model-parallel-size",
+        type=int,
+        default=1,
+        help="Split each layer's matrices over this many neighbouring ranks.",
     )
     group.add_argument(
-        "--pipeline-model-parallel-size", type=int, default=1, help="Pipeline-parallel size (only 1 for now)."
+        "--pipeline-model-parallel-size",
+        type=int,
+        default=1,
+        help="Split the layers into this many stages, run by DeepSpeed's pipeline engine.",
     )
     group.add_argument(
-        "--no-pipeline-parallel", action="store_true", help="Build the model without a pipeline."
+        "--no-pipeline-parallel",
+        action="store_true",
+        help="Use DeepSpeed's plain engine instead of its pipeline engine (needs pipeline size 1).",
+    )
+    group.add_argument(
+        "--pipeline-partition-method",
+        choices=["parameters", "uniform", "type:transformer"],
+        default="parameters",
+        help="How DeepSpeed's pipeline engine assigns layers to stages: balance parameters, layers, or "
+        "transformer layers.",
+    )
+    group.add_argument(
+        "--sequence-parallel",
+        action="store_true",
+        help="Megatron sequence parallelism: split LayerNorm and dropout activations along the sequence over "
+        "the tensor-parallel ranks (needs tensor-parallel size > 1).",
+    )
+    group.add_argument(
+        "--ds-sequence-parallel-size",
+        type=int,
+        default=1,
+        help="DeepSpeed-Ulysses: split the sequence over this many ranks, attention through all-to-all.",
+    )
+
+
+def _add_recompute_flags(parser: argparse.ArgumentParser) -> None:
+    # --recompute-method and --recompute-num-layers default to None so that build_config can tell a flag
+    # given without full recomputation (an error) from one left out; it applies uniform and 1.
+    group = parser.add_argument_group("activation recomputation")
+    group.add_argument(
+        "--recompute-granularity",
+        choices=["selective", "full"],
+        default=None,
+        help="Recompute activations in the backward pass: the attention core only (selective) or whole "
+        "layers (full). Default: keep all activations.",
+    )
+    group.add_argument(
+        "--recompute-method",
+        choices=["uniform", "block"],
+        default=None,
+        help="With full granularity: recompute chunks of --recompute-num-layers layers (uniform), or the "
+        "first --recompute-num-layers layers of each pipeline stage (block). Default: uniform.",
+    )
+    group.add_argument(
+        "--recompute-num-layers",
+        type=int,
+        default=None,
+        help="Layers per chunk (uniform) or per stage (block). Default: 1.",
+    )
+    group.add_argument(
+        "--checkpoint-activations",
+        action="store_true",
+        help="Legacy spelling of --recompute-granularity full --recompute-method uniform.",
+    )
+    group.add_argument(
+        "--deepspeed-activation-checkpointing",
+        action="store_true",
+        help="Recompute through DeepSpeed's activation checkpointing, set up by the ds_config's "
+        "activation_checkpointing section. Alone it means full recomputation, uniform, 1 layer.",
     )

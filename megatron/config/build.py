@@ -1,9 +1,10 @@
 """Turning parsed flags and the ds_config into one validated, frozen :class:`Config`.
 
 Every cross-flag rule and every derived value (data-parallel size, gradient accumulation, padded vocabulary,
-warmup length, the reconciled ds_config) lives here, so a bad combination fails on every rank the same way
-before any process group starts, and a reader finds each rule in one place. The rules follow Megatron's
-``validate_args`` so that Megatron-DeepSpeed recipes behave as they did there.
+warmup length, the reconciled ds_config) is reached from here, so a bad combination fails on every rank the
+same way before any process group starts. The rules follow Megatron's ``validate_args`` so that
+Megatron-DeepSpeed recipes behave as they did there; the larger groups of them have modules of their own
+(``parallelism``, ``recompute``, ``schedules``, ``ds_config``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from megatron.config import ds_config, schedules
+from megatron.config import ds_config, parallelism, schedules
 from megatron.config.errors import ConfigError, flag_dest, require_positive
+from megatron.config.recompute import recompute_config
 from megatron.config.schema import (
     CheckpointConfig,
     Config,
@@ -21,7 +23,6 @@ from megatron.config.schema import (
     LoggingConfig,
     ModelConfig,
     OptimizerConfig,
-    ParallelConfig,
     PrecisionConfig,
 )
 
@@ -76,8 +77,10 @@ def build_config(args: argparse.Namespace, world_size: int, vocab_size: int) -> 
     """
     _check_required(args)
     ds_path = _ds_config_path(args)
-    parallel = _parallel_config(args, world_size)
+    parallel = parallelism.parallel_config(args, world_size)
     model = _model_config(args, vocab_size, parallel.tensor_model_parallel_size)
+    parallelism.check_model_split(model, parallel)
+    recompute = recompute_config(args, model.num_layers, parallel.pipeline_model_parallel_size)
     duration = schedules.duration_config(args)
     lr_schedule = schedules.lr_schedule_config(args, duration)
     data = _data_config(args)
@@ -86,14 +89,15 @@ def build_config(args: argparse.Namespace, world_size: int, vocab_size: int) -> 
 
     ds = ds_config.load_ds_config(ds_path)
     micro, global_batch = ds_config.batch_sizes(ds, args, parallel.data_parallel_size)
-    batch = schedules.batch_config(
-        micro, global_batch, parallel.data_parallel_size, args.rampup_batch_size, duration
-    )
+    batch = schedules.batch_config(micro, global_batch, parallel, args.rampup_batch_size, duration)
     precision = ds_config.precision_config(ds, args)
     clip = ds_config.clip_grad(ds, args)
     stage = ds_config.zero_stage(ds, args)
     _check_fp16_stage(precision, stage, ds.path)
-    reconciled = ds_config.reconcile_ds_config(ds, batch=batch, precision=precision, clip=clip, stage=stage)
+    parallelism.check_pipeline_zero_stage(parallel, stage, ds.path)
+    reconciled = ds_config.reconcile_ds_config(
+        ds, batch=batch, parallel=parallel, precision=precision, clip=clip, stage=stage
+    )
     return Config(
         model=model,
         parallel=parallel,
@@ -105,12 +109,8 @@ def build_config(args: argparse.Namespace, world_size: int, vocab_size: int) -> 
         data=data,
         logging=logging_config,
         checkpoint=checkpoint,
-        deepspeed=DeepSpeedConfig(
-            config_path=ds.path,
-            ds_config=reconciled,
-            zero_stage=stage,
-            activation_checkpointing=args.deepspeed_activation_checkpointing,
-        ),
+        deepspeed=DeepSpeedConfig(config_path=ds.path, ds_config=reconciled, zero_stage=stage),
+        recompute=recompute,
         seed=args.seed,
     )
 
@@ -131,30 +131,6 @@ def _check_required(args: argparse.Namespace) -> None:
     missing = [flag for flag in _REQUIRED_FLAGS if getattr(args, flag_dest(flag)) is None]
     if missing:
         raise ConfigError(f"missing required flag(s): {', '.join(missing)}. Add them to the command line.")
-
-
-def _parallel_config(args: argparse.Namespace, world_size: int) -> ParallelConfig:
-    for flag in ("--tensor-model-parallel-size", "--pipeline-model-parallel-size"):
-        size = getattr(args, flag_dest(flag))
-        if size != 1:
-            raise ConfigError(
-                f"{flag} {size}: tensor and pipeline parallelism are not available yet; set {flag} 1 "
-                "(data parallelism and ZeRO still spread the run over all GPUs)."
-            )
-    if world_size < 1:
-        raise ConfigError(f"world size {world_size}: must be >= 1.")
-    model_parallel = args.tensor_model_parallel_size * args.pipeline_model_parallel_size
-    if world_size % model_parallel:
-        raise ConfigError(
-            f"world size {world_size} is not divisible by tensor x pipeline parallel size {model_parallel}; "
-            "change the number of processes or the parallel sizes."
-        )
-    return ParallelConfig(
-        world_size=world_size,
-        tensor_model_parallel_size=args.tensor_model_parallel_size,
-        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-        no_pipeline_parallel=args.no_pipeline_parallel,
-    )
 
 
 def _model_config(args: argparse.Namespace, vocab_size: int, tensor_parallel_size: int) -> ModelConfig:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from megatron.config.errors import ConfigError, flag_dest, require_positive
-from megatron.config.schema import BatchConfig, DurationConfig, LRScheduleConfig
+from megatron.config.parallelism import describe_data_parallel
+from megatron.config.schema import BatchConfig, DurationConfig, LRScheduleConfig, ParallelConfig
 
 
 def duration_config(args: argparse.Namespace) -> DurationConfig:
@@ -75,35 +76,38 @@ def lr_schedule_config(args: argparse.Namespace, duration: DurationConfig) -> LR
 def batch_config(
     micro: int | None,
     global_batch: int | None,
-    data_parallel_size: int,
+    parallel: ParallelConfig,
     rampup: list[int] | None,
     duration: DurationConfig,
 ) -> BatchConfig:
+    """Global batch = micro batch x gradient accumulation x data-parallel size, where the data-parallel size
+    is what tensor, pipeline and sequence parallelism leave of the world."""
     if micro is None:
         raise ConfigError(
             "missing required flag --micro-batch-size (or train_micro_batch_size_per_gpu in the ds_config)."
         )
     require_positive("--micro-batch-size", micro)
     require_positive("--global-batch-size", global_batch)
-    per_step = micro * data_parallel_size
+    per_step = micro * parallel.data_parallel_size
+    data_parallel = describe_data_parallel(parallel)
     if global_batch % per_step:
         raise ConfigError(
             f"--global-batch-size {global_batch} is not divisible by --micro-batch-size {micro} x "
-            f"data-parallel size {data_parallel_size} = {per_step}: gradient accumulation steps = global / "
-            f"(micro x data-parallel) must be a whole number. Use a multiple of {per_step}."
+            f"{data_parallel} = {per_step}: gradient accumulation steps = global / (micro x data-parallel) "
+            f"must be a whole number. Use a multiple of {per_step}."
         )
     if rampup is not None:
-        _check_rampup(tuple(rampup), global_batch, per_step, duration)
+        _check_rampup(tuple(rampup), global_batch, per_step, data_parallel, duration)
     return BatchConfig(
         micro_batch_size=micro,
         global_batch_size=global_batch,
-        data_parallel_size=data_parallel_size,
+        data_parallel_size=parallel.data_parallel_size,
         rampup_batch_size=tuple(rampup) if rampup is not None else None,
     )
 
 
 def _check_rampup(
-    rampup: tuple[int, ...], global_batch: int, per_step: int, duration: DurationConfig
+    rampup: tuple[int, ...], global_batch: int, per_step: int, data_parallel: str, duration: DurationConfig
 ) -> None:
     start, increment, samples = rampup
     flag = f"--rampup-batch-size {start} {increment} {samples}"
@@ -121,6 +125,6 @@ def _check_rampup(
     for name, value in (("START", start), ("INCR", increment)):
         if value % per_step:
             raise ConfigError(
-                f"{flag}: {name} {value} is not a multiple of micro-batch size x data-parallel size = "
+                f"{flag}: {name} {value} is not a multiple of micro-batch size x {data_parallel} = "
                 f"{per_step}, so some ramp steps would need a fractional number of micro-batches."
             )

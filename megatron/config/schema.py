@@ -38,16 +38,37 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ParallelConfig:
     """Process layout. ``world_size`` is read from the launcher's environment (WORLD_SIZE) before any group
-    starts, so divisibility can be checked up front. Data-parallel size is what remains of the world."""
+    starts, so divisibility can be checked up front. Ranks are ordered as in Megatron: tensor-parallel ranks
+    are neighbours, then DeepSpeed-Ulysses sequence ranks, then data-parallel, then pipeline stages."""
 
     world_size: int = 1
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
-    no_pipeline_parallel: bool = False
+    # False for --no-pipeline-parallel: the plain DeepSpeed engine, not the pipeline engine (P must be 1).
+    use_pipeline_engine: bool = True
+    # Megatron sequence parallelism: LayerNorm/dropout regions split along the sequence over the T ranks.
+    sequence_parallel: bool = False
+    # DeepSpeed-Ulysses: the sequence split over this many ranks, attention through all-to-all.
+    ds_sequence_parallel_size: int = 1
+    pipeline_partition_method: str = "parameters"
 
     @property
     def data_parallel_size(self) -> int:
-        return self.world_size // (self.tensor_model_parallel_size * self.pipeline_model_parallel_size)
+        model_ranks = self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+        return self.world_size // (model_ranks * self.ds_sequence_parallel_size)
+
+
+@dataclass(frozen=True)
+class RecomputeConfig:
+    """Activation recomputation. ``granularity`` None: keep all activations; "selective": recompute the
+    attention core only; "full": recompute whole layers, ``method`` "uniform" (every ``num_layers`` layers as
+    one chunk) or "block" (the first ``num_layers`` layers of each pipeline stage). ``deepspeed`` routes the
+    recomputation through ``deepspeed.checkpointing`` (its RNG tracker and activation partitioning)."""
+
+    granularity: Literal["selective", "full"] | None = None
+    method: Literal["uniform", "block"] = "uniform"
+    num_layers: int = 1
+    deepspeed: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,7 +187,6 @@ class DeepSpeedConfig:
     config_path: str
     ds_config: Mapping[str, Any]
     zero_stage: int
-    activation_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,4 +202,5 @@ class Config:
     logging: LoggingConfig
     checkpoint: CheckpointConfig
     deepspeed: DeepSpeedConfig
+    recompute: RecomputeConfig = RecomputeConfig()
     seed: int = 1234

@@ -3,50 +3,107 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from megatron.config.schema import ModelConfig
-from megatron.model.transformer import ParallelTransformer, init_normal_
+from megatron.config.schema import ModelConfig, RecomputeConfig
+from megatron.model.transformer import ParallelTransformer
+from megatron.parallel.context import ParallelContext
+from megatron.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megatron.parallel.layers import VocabParallelEmbedding
+from megatron.parallel.mappings import (
+    copy_to_tensor_parallel_region,
+    gather_from_sequence_parallel_region,
+    gather_from_tensor_parallel_region,
+    scatter_to_sequence_parallel_region,
+)
+from megatron.parallel.random import init_generator, tensor_parallel_rng
+
+# init_generator paths of the parts that are not transformer layers (layers use their own number).
+EMBEDDING_INIT_PATH = -1
 
 
 class Embedding(nn.Module):
-    """Word plus position embeddings, then dropout (Megatron's ``language_model.embedding``)."""
+    """Word plus position embeddings, then dropout (Megatron's ``language_model.embedding``).
 
-    def __init__(self, config: ModelConfig):
+    The word table is split over the tensor-parallel ranks by vocabulary; positions are replicated. Under
+    sequence parallelism the output keeps only this rank's part of the sequence.
+    """
+
+    def __init__(self, config: ModelConfig, context: ParallelContext, seed: int):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.padded_vocab_size, config.hidden_size)
+        generator = init_generator(seed, EMBEDDING_INIT_PATH)
+        std = config.init_method_std
+        self.word_embeddings = VocabParallelEmbedding(
+            config.padded_vocab_size, config.hidden_size, context, std, generator=generator
+        )
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        init_normal_(self.word_embeddings.weight, config.init_method_std)
-        init_normal_(self.position_embeddings.weight, config.init_method_std)
+        self.position_embeddings.weight.data.normal_(0.0, std, generator=generator)
         self.embedding_dropout = nn.Dropout(config.hidden_dropout)
+        self.context = context
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        return self.embedding_dropout(self.word_embeddings(tokens) + self.position_embeddings(positions))
+    def forward(self, tokens: torch.Tensor, position_offset: int = 0) -> torch.Tensor:
+        positions = torch.arange(position_offset, position_offset + tokens.shape[1], device=tokens.device)
+        embeddings = self.word_embeddings(tokens) + self.position_embeddings(positions)
+        if not self.context.sequence_parallel:
+            return self.embedding_dropout(embeddings)
+        embeddings = scatter_to_sequence_parallel_region(embeddings, self.context.tensor_group)
+        with tensor_parallel_rng(active=self.training and self.embedding_dropout.p > 0):
+            return self.embedding_dropout(embeddings)
+
+
+def parallel_lm_logits(
+    hidden: torch.Tensor, word_embeddings: torch.Tensor, context: ParallelContext
+) -> torch.Tensor:
+    """This rank's vocabulary slice of the logits, through the tied (vocabulary-split) embedding table."""
+    if context.sequence_parallel:
+        hidden = gather_from_sequence_parallel_region(hidden, context.tensor_group)
+    else:
+        hidden = copy_to_tensor_parallel_region(hidden, context.tensor_group)
+    return torch.nn.functional.linear(hidden, word_embeddings)
+
+
+def language_model_loss(
+    logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None, context: ParallelContext
+) -> torch.Tensor:
+    """Mean token loss (over ``loss_mask`` when given) from vocabulary-parallel logits, in float32."""
+    losses = vocab_parallel_cross_entropy(logits, labels, context)
+    if loss_mask is None:
+        return losses.mean()
+    mask = loss_mask.float()
+    return (losses * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 class TransformerLanguageModel(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, context: ParallelContext, seed: int, recompute: RecomputeConfig):
         super().__init__()
-        self.embedding = Embedding(config)
-        self.encoder = ParallelTransformer(config)
+        self.embedding = Embedding(config, context, seed)
+        self.encoder = ParallelTransformer(config, context, seed, recompute)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.embedding(tokens))
+    def forward(self, tokens: torch.Tensor, position_offset: int = 0) -> torch.Tensor:
+        return self.encoder(self.embedding(tokens, position_offset))
 
 
 class GPTModel(nn.Module):
-    """Returns the mean language-model loss when ``labels`` are given, else the logits.
+    """Returns the mean language-model loss when ``labels`` are given, else the full logits.
 
-    The loss is computed here, in float32, so that the DeepSpeed engine's forward returns exactly what its
-    ``backward`` needs and the logits of a micro batch never outlive the step.
+    The loss is computed here, in float32 and without gathering the vocabulary-split logits, so that the
+    DeepSpeed engine's forward returns exactly what its ``backward`` needs. ``seed`` fixes the
+    initialisation (each part from its own generator, whatever the parallel layout).
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(
+        self,
+        config: ModelConfig,
+        context: ParallelContext | None = None,
+        seed: int = 1234,
+        recompute: RecomputeConfig | None = None,
+    ):
         super().__init__()
         self.config = config
-        self.language_model = TransformerLanguageModel(config)
+        self.context = context or ParallelContext.single()
+        self.language_model = TransformerLanguageModel(
+            config, self.context, seed, recompute or RecomputeConfig()
+        )
 
     @property
     def transformer_layers(self) -> nn.ModuleList:
@@ -61,13 +118,10 @@ class GPTModel(nn.Module):
         tokens: torch.Tensor,
         labels: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
+        position_offset: int = 0,
     ) -> torch.Tensor:
-        hidden = self.language_model(tokens)
-        logits = F.linear(hidden, self.word_embeddings_weight)
+        hidden = self.language_model(tokens, position_offset)
+        logits = parallel_lm_logits(hidden, self.word_embeddings_weight, self.context)
         if labels is None:
-            return logits
-        losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
-        if loss_mask is None:
-            return losses.mean()
-        mask = loss_mask.flatten().float()
-        return (losses * mask).sum() / mask.sum().clamp(min=1.0)
+            return gather_from_tensor_parallel_region(logits, self.context.tensor_group)
+        return language_model_loss(logits, labels, loss_mask, self.context)

@@ -8,22 +8,25 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
-import deepspeed
 import torch
-from torch import nn
 
 from megatron.checkpointing import TrainState, load_checkpoint, save_checkpoint
 from megatron.config.schema import Config
 from megatron.data.gpt_dataset import build_train_valid_test_datasets
 from megatron.data.samplers import build_pretraining_data_loader
-from megatron.training.activation_checkpointing import apply_deepspeed_activation_checkpointing
+from megatron.parallel.context import ParallelContext
 from megatron.training.batch_schedule import global_batch_size_at
 from megatron.training.distributed import DistributedContext, all_reduce_mean, any_rank
-from megatron.training.lr_schedule import LRScheduler
+from megatron.training.engine import ModelProvider, build_engine
 from megatron.training.metrics import MetricsWriter, format_duration, format_log_line
-from megatron.training.optimizer import build_optimizer
-from megatron.training.rng import set_seed
-from megatron.training.step import Batch, evaluate, make_batch, train_step
+from megatron.training.step import (
+    Batch,
+    evaluate,
+    make_batch,
+    pipeline_evaluate,
+    pipeline_train_step,
+    train_step,
+)
 from megatron.training.throughput import flops_per_token
 
 logger = logging.getLogger("megatron")
@@ -43,36 +46,33 @@ def dataset_sample_counts(config: Config) -> tuple[int, int, int]:
     )
 
 
-def cycle_batches(loader, device: torch.device, eod: int, eod_mask_loss: bool) -> Iterator[Batch]:
+def cycle_batches(loader, to_batch: Callable[[dict], Batch]) -> Iterator[Batch]:
     """Validation data is reused from its start once exhausted (Megatron's cyclic valid iterator)."""
     while True:
         for sample in loader:
-            yield make_batch(sample, device, eod, eod_mask_loss)
+            yield to_batch(sample)
 
 
-def train_batches(loader, device: torch.device, eod: int, eod_mask_loss: bool) -> Iterator[Batch]:
+def train_batches(loader, to_batch: Callable[[dict], Batch]) -> Iterator[Batch]:
     for sample in loader:
-        yield make_batch(sample, device, eod, eod_mask_loss)
+        yield to_batch(sample)
 
 
 class Pretraining:
     """Holds what one run needs; ``run()`` trains to the configured end and saves the final checkpoint."""
 
     def __init__(
-        self, config: Config, context: DistributedContext, model_builder: Callable[[], nn.Module], eod: int
+        self,
+        config: Config,
+        context: DistributedContext,
+        parallel: ParallelContext,
+        model_provider: ModelProvider,
+        eod: int,
     ):
         self.config = config
         self.context = context
+        self.parallel = parallel
         self.eod = eod
-        set_seed(config.seed)
-        model = model_builder()
-        if config.deepspeed.activation_checkpointing:
-            apply_deepspeed_activation_checkpointing(model.transformer_layers, config.deepspeed.ds_config)
-        logger.info(
-            "model: %.1fM parameters, attention through torch SDPA, %s",
-            sum(p.numel() for p in model.parameters()) / 1e6,
-            config.precision.dtype_name,
-        )
         batch = config.batch
         logger.info(
             "batch: global batch size: %d, micro batch size: %d, data-parallel size: %d, "
@@ -83,21 +83,13 @@ class Pretraining:
             batch.gradient_accumulation_steps,
             config.deepspeed.zero_stage,
         )
-        optimizer = build_optimizer(model, config.optimizer, context.device.type)
-        self.lr_scheduler = LRScheduler(
-            optimizer, config.optimizer.lr, config.lr_schedule, config.batch.global_batch_size
-        )
-        self.engine, *_ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=dict(config.deepspeed.ds_config)
-        )
-        self.own_grad_norm = isinstance(self.engine.optimizer, torch.optim.Optimizer)
+        built = build_engine(config, parallel, model_provider)
+        self.engine, self.lr_scheduler = built.engine, built.lr_scheduler
+        self.is_pipeline, self.own_grad_norm = built.is_pipeline, built.own_grad_norm
         self.state = TrainState()
         if config.checkpoint.load:
             self.state = load_checkpoint(self.engine, config.checkpoint.load, self.lr_scheduler, config)
         self.metrics = MetricsWriter(config, context.is_main)
-        self.data_parallel_rank = context.rank // (
-            config.parallel.tensor_model_parallel_size * config.parallel.pipeline_model_parallel_size
-        )
         self.start_time = time.time()
         self._build_data()
 
@@ -117,19 +109,23 @@ class Pretraining:
             )
         loader_args = dict(
             micro_batch_size=config.batch.micro_batch_size,
-            data_parallel_rank=self.data_parallel_rank,
-            data_parallel_size=config.batch.data_parallel_size,
+            data_parallel_rank=self.parallel.data_rank,
+            data_parallel_size=self.parallel.data_size,
             num_workers=config.data.num_workers,
         )
         device, eod_mask = self.context.device, config.data.eod_mask_loss
+
+        def to_batch(sample: dict) -> Batch:
+            return make_batch(sample, device, self.eod, eod_mask, self.parallel)
+
         train_loader = build_pretraining_data_loader(train, self.state.consumed_train_samples, **loader_args)
-        self.train_batches = train_batches(train_loader, device, self.eod, eod_mask)
+        self.train_batches = train_batches(train_loader, to_batch)
         self.valid_batches = None
         if valid is not None and config.logging.eval_iters > 0:
             valid_loader = build_pretraining_data_loader(
                 valid, self.state.consumed_valid_samples, **loader_args
             )
-            self.valid_batches = cycle_batches(valid_loader, device, self.eod, eod_mask)
+            self.valid_batches = cycle_batches(valid_loader, to_batch)
 
     def _finished(self) -> bool:
         duration = self.config.duration
@@ -153,7 +149,12 @@ class Pretraining:
             if global_batch != self.engine.train_batch_size():
                 self.engine.set_train_batch_size(global_batch)
             micro_batches = global_batch // (batch_config.micro_batch_size * batch_config.data_parallel_size)
-            result = train_step(self.engine, self.train_batches, micro_batches, self.own_grad_norm)
+            if self.is_pipeline:
+                result = pipeline_train_step(self.engine, self.train_batches)
+            else:
+                result = train_step(
+                    self.engine, self.train_batches, micro_batches, self.parallel, self.own_grad_norm
+                )
             state.iteration += 1
             state.consumed_train_samples += global_batch
             if result.update_applied:
@@ -210,8 +211,9 @@ class Pretraining:
         micro_batches = config.batch.global_batch_size // (
             config.batch.micro_batch_size * config.batch.data_parallel_size
         )
+        evaluate_fn = pipeline_evaluate if self.is_pipeline else evaluate
         loss = all_reduce_mean(
-            evaluate(self.engine, self.valid_batches, micro_batches * config.logging.eval_iters)
+            evaluate_fn(self.engine, self.valid_batches, micro_batches * config.logging.eval_iters)
         )
         self.state.consumed_valid_samples += config.logging.eval_iters * config.batch.global_batch_size
         value = loss.item()

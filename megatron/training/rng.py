@@ -1,4 +1,8 @@
-"""Seeding and the RNG state that a checkpoint carries, so a resumed run draws the same dropout masks."""
+"""Seeding and the RNG state that a checkpoint carries, so a resumed run draws the same dropout masks.
+
+The state includes the per-tensor-parallel-rank stream (:mod:`megatron.parallel.random`), under Megatron's
+key name ``rng_tracker_states``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import random
 
 import numpy as np
 import torch
+
+from megatron.parallel.random import set_tensor_parallel_rng_state, tensor_parallel_rng_state
 
 
 def set_seed(seed: int) -> None:
@@ -21,6 +27,7 @@ def get_rng_state() -> dict:
         "random_rng_state": random.getstate(),
         "np_rng_state": np.random.get_state(),
         "torch_rng_state": torch.get_rng_state(),
+        "rng_tracker_states": tensor_parallel_rng_state(),
     }
     if torch.cuda.is_available():
         state["cuda_rng_state"] = torch.cuda.get_rng_state()
@@ -31,5 +38,6 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["random_rng_state"])
     np.random.set_state(state["np_rng_state"])
     torch.set_rng_state(state["torch_rng_state"])
+    set_tensor_parallel_rng_state(state["rng_tracker_states"])
     if "cuda_rng_state" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda_rng_state"])

@@ -25,7 +25,9 @@ BRIEF_FLAGS = """
 --eval-iters --tensorboard-dir --wandb-project --wandb-exp-name --wandb-save-dir --wandb-mode --save --load
 --save-interval --no-load-optim --no-load-rng --finetune --deepspeed --deepspeed_config --deepspeed-config
 --zero-stage --deepspeed-activation-checkpointing --local_rank --local-rank --tensor-model-parallel-size
---pipeline-model-parallel-size --no-pipeline-parallel
+--pipeline-model-parallel-size --no-pipeline-parallel --pipeline-partition-method --sequence-parallel
+--ds-sequence-parallel-size --recompute-granularity --recompute-method --recompute-num-layers
+--checkpoint-activations
 """.split()
 
 
@@ -52,6 +54,11 @@ def test_defaults_follow_megatron():
     )
     assert (args.log_interval, args.eval_interval, args.eval_iters) == (100, 1000, 100)
     assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (1, 1)
+    assert (args.ds_sequence_parallel_size, args.pipeline_partition_method) == (1, "parameters")
+    assert not (args.no_pipeline_parallel or args.sequence_parallel or args.checkpoint_activations)
+    assert not args.deepspeed_activation_checkpointing and args.recompute_granularity is None
+    # Left None so build_config can refuse them without full recomputation; it applies uniform and 1.
+    assert args.recompute_method is None and args.recompute_num_layers is None
     assert not (args.fp16 or args.bf16 or args.eod_mask_loss or args.finetune or args.no_load_optim)
     assert args.deepspeed and args.deepspeed_config == "ds.json"
     # Settings the ds_config may also give stay None, so build_config can tell "not given" apart.
@@ -127,3 +134,14 @@ def test_help_still_works(capsys):
 def test_reads_sys_argv_by_default(monkeypatch):
     monkeypatch.setattr("sys.argv", ["pretrain_gpt.py", *REQUIRED])
     assert parse_args().num_layers == 2
+
+
+def test_parallel_and_recompute_choices():
+    args = parse_args(
+        REQUIRED + ["--pipeline-partition-method", "type:transformer", "--recompute-method", "block"]
+    )
+    assert (args.pipeline_partition_method, args.recompute_method) == ("type:transformer", "block")
+    with pytest.raises(ConfigError, match="--pipeline-partition-method: invalid choice: 'layers'"):
+        parse_args(REQUIRED + ["--pipeline-partition-method", "layers"])
+    with pytest.raises(ConfigError, match="--recompute-granularity: invalid choice: 'partial'"):
+        parse_args(REQUIRED + ["--recompute-granularity", "partial"])

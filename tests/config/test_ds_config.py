@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from megatron.config.ds_config import DsConfigFile, known_top_level_keys, load_ds_config
+from megatron.config.ds_config import DsConfigFile, load_ds_config
+from megatron.config.ds_config_keys import known_top_level_keys
 from megatron.config.errors import ConfigError
 
 # The kind of file Megatron-DeepSpeed recipes ship: every section here must load.

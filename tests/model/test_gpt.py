@@ -10,6 +10,9 @@ import torch.nn.functional as F
 
 from megatron.config.schema import ModelConfig
 from megatron.model import GPTModel
+from megatron.model.transformer import ParallelTransformerLayer
+from megatron.parallel.context import ParallelContext
+from megatron.parallel.random import seed_tensor_parallel_rng
 
 
 def small_config(**overrides) -> ModelConfig:
@@ -92,8 +95,24 @@ def test_loss_is_masked_token_mean_cross_entropy():
 
 def test_dropout_is_active_only_in_training():
     torch.manual_seed(0)
+    seed_tensor_parallel_rng(0, ParallelContext.single())
     model = GPTModel(small_config(attention_dropout=0.2, hidden_dropout=0.2))
     tokens = torch.randint(0, 128, (2, 16))
     assert not torch.allclose(model(tokens), model(tokens))
     model.eval()
     torch.testing.assert_close(model(tokens), model(tokens))
+
+
+def test_initialisation_depends_on_seed_and_layer_number_only():
+    """What lets a pipeline stage that builds only its own layers match a single process."""
+    config = small_config()
+    model = GPTModel(config, seed=5)
+    torch.manual_seed(123)  # the default generator plays no part
+    alone = ParallelTransformerLayer(config, ParallelContext.single(), layer_number=2, seed=5)
+    for name, tensor in alone.state_dict().items():
+        torch.testing.assert_close(model.transformer_layers[2].state_dict()[name], tensor, rtol=0, atol=0)
+    other_seed = GPTModel(config, seed=6)
+    assert not torch.equal(other_seed.word_embeddings_weight, model.word_embeddings_weight)
+    assert not torch.equal(
+        model.transformer_layers[0].mlp.dense_h_to_4h.weight, alone.mlp.dense_h_to_4h.weight
+    )

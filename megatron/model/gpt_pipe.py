@@ -1,0 +1,108 @@
+"""GPT as a list of DeepSpeed pipeline layers, for ``--pipeline-model-parallel-size`` > 1.
+
+The stages reuse the modules of :mod:`megatron.model.gpt` (embedding, transformer layers, final LayerNorm),
+so a pipeline-parallel model computes exactly what the plain one does; the word embedding is a
+``TiedLayerSpec`` on the first and last stage, whose gradients DeepSpeed sums across the two.
+"""
+
+from __future__ import annotations
+
+import torch
+from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
+from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+
+from megatron.config.schema import ModelConfig, RecomputeConfig
+from megatron.model.gpt import Embedding, language_model_loss, parallel_lm_logits
+from megatron.model.transformer import ParallelTransformerLayer
+from megatron.parallel.context import ParallelContext
+from megatron.parallel.layers import LayerNorm
+
+TIED_EMBEDDING = "embedding"
+
+
+class EmbeddingPipe(Embedding):
+    """First stage: tokens in, hidden states out. On the last stage it only lends its word table."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return super().forward(tokens)
+
+
+class TransformerLayerPipe(ParallelTransformerLayer):
+    """One layer; the class name is what DeepSpeed's ``checkpointable_layers`` matches."""
+
+
+class FinalLayerNormPipe(LayerNorm):
+    pass
+
+
+def _logits_from_tied_embedding(embedding: EmbeddingPipe, hidden: torch.Tensor) -> torch.Tensor:
+    return parallel_lm_logits(hidden, embedding.word_embeddings.weight, embedding.context)
+
+
+class _PipelineLoss:
+    """The last stage's loss on ``(labels, loss_mask)``; a class so that it pickles and knows the context."""
+
+    def __init__(self, context: ParallelContext):
+        self.context = context
+
+    def __call__(self, logits: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        target, loss_mask = labels
+        return language_model_loss(logits, target, loss_mask, self.context)
+
+
+def gpt_pipeline_module(
+    config: ModelConfig,
+    context: ParallelContext,
+    seed: int,
+    recompute: RecomputeConfig,
+    partition_method: str,
+) -> PipelineModule:
+    """Build this stage's share of the GPT layers. ``context`` must come from ``build_parallel_context`` with
+    the same sizes: DeepSpeed's topology below orders ranks the same way (model, then data, then pipe)."""
+    data_size = context.data_size
+    topology = PipeModelDataParallelTopology(
+        num_pp=context.pipeline_size, num_mp=context.tensor_size, num_dp=data_size
+    )
+    full = recompute.granularity == "full"
+    specs: list[LayerSpec | TiedLayerSpec] = [
+        TiedLayerSpec(
+            TIED_EMBEDDING, EmbeddingPipe, config, context, seed, tied_weight_attr="word_embeddings.weight"
+        )
+    ]
+    for number in range(config.num_layers):
+        specs.append(
+            LayerSpec(
+                TransformerLayerPipe,
+                config,
+                context,
+                number,
+                seed,
+                recompute_core=recompute.granularity == "selective",
+            )
+        )
+    specs.append(LayerSpec(FinalLayerNormPipe, config.hidden_size, config.layernorm_epsilon, context))
+    specs.append(
+        TiedLayerSpec(
+            TIED_EMBEDDING,
+            EmbeddingPipe,
+            config,
+            context,
+            seed,
+            forward_fn=_logits_from_tied_embedding,
+            tied_weight_attr="word_embeddings.weight",
+        )
+    )
+    module = PipelineModule(
+        layers=specs,
+        loss_fn=_PipelineLoss(context),
+        topology=topology,
+        partition_method=partition_method,
+        # "uniform": DeepSpeed recomputes every num_layers consecutive layers as one chunk.
+        activation_checkpoint_interval=recompute.num_layers if full and recompute.method == "uniform" else 0,
+        checkpointable_layers=[TransformerLayerPipe.__name__],
+    )
+    if full and recompute.method == "block":
+        stage_layers = [layer for layer in module.forward_funcs if isinstance(layer, TransformerLayerPipe)]
+        for layer in stage_layers[: recompute.num_layers]:
+            layer.recompute_layer = True
+    return module

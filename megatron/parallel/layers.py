@@ -1,0 +1,192 @@
+"""Linear and embedding layers whose weights are split across the ranks of a tensor-parallel group.
+
+Each layer draws the *full* weight on every rank, from the generator it is given (the default one when
+None), and keeps only its own slice. That costs a transient full-size tensor at construction, but makes a
+model built with the same seed equal, parameter for parameter, whatever the tensor-parallel size, so that
+runs with T=1 and T=2 compare and checkpoints convert by plain concatenation.
+
+Every parameter carries ``tensor_model_parallel`` (split across ranks or replicated), ``partition_dim`` (the
+dimension it is split along, -1 when replicated) and ``partition_stride`` (always 1 here), which is what
+gradient clipping, weight-decay grouping and checkpoint conversion read.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megatron.parallel.context import ParallelContext
+from megatron.parallel.mappings import (
+    copy_to_tensor_parallel_region,
+    gather_from_sequence_parallel_region,
+    gather_from_tensor_parallel_region,
+    reduce_from_tensor_parallel_region,
+    reduce_scatter_to_sequence_parallel_region,
+    scatter_to_tensor_parallel_region,
+)
+
+
+def set_tensor_parallel_attributes(param: nn.Parameter, partition_dim: int | None) -> nn.Parameter:
+    """Mark ``param`` as split along ``partition_dim``, or as replicated on every rank when it is None."""
+    param.tensor_model_parallel = partition_dim is not None
+    param.partition_dim = -1 if partition_dim is None else partition_dim
+    param.partition_stride = 1
+    return param
+
+
+def _sharded_normal(
+    shape: tuple[int, ...], std: float, shard: slice, dim: int, generator: torch.Generator | None
+) -> nn.Parameter:
+    full = torch.empty(shape)
+    full.normal_(mean=0.0, std=std, generator=generator)
+    index = [slice(None)] * len(shape)
+    index[dim] = shard
+    # clone() so that the parameter does not keep the full tensor's storage alive.
+    return set_tensor_parallel_attributes(nn.Parameter(full[tuple(index)].clone()), dim)
+
+
+class ColumnParallelLinear(nn.Module):
+    """``y = x A^T + b`` with ``A`` split along its output dimension: each rank computes a slice of ``y``.
+
+    Its output is usually left split (``gather_output=False``) to feed a :class:`RowParallelLinear`, so that
+    the pair needs one all-reduce forward and one backward. With sequence parallelism the input arrives
+    split along the sequence and is all-gathered first (reduce-scattered in backward).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        context: ParallelContext,
+        std: float,
+        bias: bool = True,
+        gather_output: bool = False,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.group = context.tensor_group
+        self.gather_output = gather_output
+        self.sequence_parallel = context.sequence_parallel
+        shard = context.tensor_shard(out_features, "ColumnParallelLinear out_features")
+        self.weight = _sharded_normal((out_features, in_features), std, shard, dim=0, generator=generator)
+        if bias:
+            self.bias = set_tensor_parallel_attributes(
+                nn.Parameter(torch.zeros(shard.stop - shard.start)), partition_dim=0
+            )
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.sequence_parallel:
+            hidden = gather_from_sequence_parallel_region(hidden, self.group)
+        else:
+            hidden = copy_to_tensor_parallel_region(hidden, self.group)
+        output = F.linear(hidden, self.weight, self.bias)
+        return gather_from_tensor_parallel_region(output, self.group) if self.gather_output else output
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, shard={tuple(self.weight.shape)}"
+
+
+class RowParallelLinear(nn.Module):
+    """``y = x A^T + b`` with ``A`` split along its input dimension: each rank adds a partial sum to ``y``.
+
+    The bias is replicated and added once, after the all-reduce, so that it is not counted ``T`` times.
+    With sequence parallelism the all-reduce becomes a reduce-scatter along the sequence.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        context: ParallelContext,
+        std: float,
+        bias: bool = True,
+        input_is_parallel: bool = True,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.group = context.tensor_group
+        self.input_is_parallel = input_is_parallel
+        self.sequence_parallel = context.sequence_parallel
+        shard = context.tensor_shard(in_features, "RowParallelLinear in_features")
+        self.weight = _sharded_normal((out_features, in_features), std, shard, dim=1, generator=generator)
+        if bias:
+            self.bias = set_tensor_parallel_attributes(nn.Parameter(torch.zeros(out_features)), None)
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.input_is_parallel:
+            hidden = scatter_to_tensor_parallel_region(hidden, self.group)
+        partial = F.linear(hidden, self.weight)
+        if not self.sequence_parallel:
+            output = reduce_from_tensor_parallel_region(partial, self.group)
+            return output if self.bias is None else output + self.bias
+        output = reduce_scatter_to_sequence_parallel_region(partial, self.group)
+        # Each rank adds the bias to its part of the sequence only: sum the bias gradient over the ranks.
+        return output if self.bias is None else output + copy_to_tensor_parallel_region(self.bias, self.group)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, shard={tuple(self.weight.shape)}"
+
+
+class VocabParallelEmbedding(nn.Module):
+    """An embedding table whose rows (the vocabulary) are split across ranks.
+
+    Each rank looks up the tokens that fall in its rows and contributes zeros for the others; the all-reduce
+    then leaves every rank with the full embedding. The split matches the output layer's, so tied logits come
+    out vocabulary-parallel for :func:`megatron.parallel.cross_entropy.vocab_parallel_cross_entropy`.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        context: ParallelContext,
+        std: float,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.group = context.tensor_group
+        self.vocab_shard = context.tensor_shard(num_embeddings, "VocabParallelEmbedding num_embeddings")
+        shape = (num_embeddings, embedding_dim)
+        self.weight = _sharded_normal(shape, std, self.vocab_shard, dim=0, generator=generator)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        start, stop = self.vocab_shard.start, self.vocab_shard.stop
+        outside = (tokens < start) | (tokens >= stop)
+        local = (tokens - start).masked_fill(outside, 0)
+        output = F.embedding(local, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)
+        return reduce_from_tensor_parallel_region(output, self.group)
+
+    def extra_repr(self) -> str:
+        rows = f"{self.vocab_shard.start}:{self.vocab_shard.stop}"
+        return f"{self.num_embeddings}, {self.embedding_dim}, rows={rows}"
+
+
+class LayerNorm(nn.LayerNorm):
+    """A LayerNorm replicated on every tensor-parallel rank.
+
+    Under sequence parallelism each rank normalises only its part of the sequence, so its weight and bias
+    gradients are partial: entering them through ``copy_to_tensor_parallel_region`` sums the gradients over
+    the ranks in backward and keeps the replicas equal.
+    """
+
+    def __init__(self, hidden_size: int, eps: float, context: ParallelContext):
+        super().__init__(hidden_size, eps=eps)
+        self.group = context.tensor_group
+        self.sequence_parallel = context.sequence_parallel
+        for param in (self.weight, self.bias):
+            set_tensor_parallel_attributes(param, None)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.sequence_parallel:
+            return super().forward(hidden)
+        weight = copy_to_tensor_parallel_region(self.weight, self.group)
+        bias = copy_to_tensor_parallel_region(self.bias, self.group)
+        return F.layer_norm(hidden, self.normalized_shape, weight, bias, self.eps)

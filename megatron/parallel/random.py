@@ -1,0 +1,77 @@
+"""Random streams that differ across tensor-parallel ranks, and recomputation that replays them.
+
+Dropout on activations that are replicated over the tensor-parallel ranks must draw the same mask on every
+rank (the default generator, seeded alike everywhere); dropout on activations that are split across them
+(attention heads, sequence-parallel regions) must draw different masks, from a second stream seeded per
+rank. DeepSpeed's RNG tracker holds that second stream, and ``deepspeed.checkpointing.checkpoint`` restores
+both streams when it recomputes a layer, so dropout masks are identical in the recomputation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import deepspeed
+import torch
+from deepspeed.runtime.activation_checkpointing import checkpointing as ds_checkpointing
+
+from megatron.parallel.context import ParallelContext
+
+TENSOR_PARALLEL_SEED_OFFSET = 2718
+
+
+def init_generator(seed: int, *path: int) -> torch.Generator:
+    """A generator for initialising one part of the model (``path`` e.g. (layer number,)).
+
+    Seeding each part on its own makes the weights independent of construction order, so a pipeline stage
+    that builds only its own layers gets the same weights as a single process that builds them all.
+    """
+    value = seed
+    for part in path:
+        value = (value * 1_000_003 + part + 1) % (2**63 - 1)
+    return torch.Generator().manual_seed(value)
+
+
+def seed_tensor_parallel_rng(seed: int, context: ParallelContext) -> None:
+    """(Re)start the per-rank stream; the default generator is seeded by the caller, alike on all ranks."""
+    tracker = ds_checkpointing.get_cuda_rng_tracker()
+    tracker.reset()
+    tracker.add(
+        ds_checkpointing._MODEL_PARALLEL_RNG_TRACKER_NAME,
+        seed + TENSOR_PARALLEL_SEED_OFFSET + context.tensor_rank,
+    )
+
+
+def tensor_parallel_rng(active: bool = True) -> AbstractContextManager:
+    """Run the block with the per-rank stream (for dropout on split activations); ``active`` False (no
+    dropout in the block) runs it as it is, so that evaluation and dropout-free models need no seeding."""
+    if not active:
+        return nullcontext()
+    tracker = ds_checkpointing.get_cuda_rng_tracker()
+    if ds_checkpointing._MODEL_PARALLEL_RNG_TRACKER_NAME not in tracker.get_states():
+        raise RuntimeError(
+            "the tensor-parallel RNG stream is not seeded: call seed_tensor_parallel_rng() first"
+        )
+    return tracker.fork()
+
+
+def tensor_parallel_rng_state() -> dict:
+    return ds_checkpointing.get_cuda_rng_tracker().get_states()
+
+
+def set_tensor_parallel_rng_state(states: dict) -> None:
+    ds_checkpointing.get_cuda_rng_tracker().set_states(states)
+
+
+def configure_recomputation(context: ParallelContext, ds_config: Mapping[str, Any] | None) -> None:
+    """Tell DeepSpeed's checkpointing the layout; with ``ds_config`` its ``activation_checkpointing`` options
+    (activation partitioning, CPU offload) apply, as with Megatron-DeepSpeed's
+    ``--deepspeed-activation-checkpointing``."""
+    deepspeed.checkpointing.configure(context, deepspeed_config=dict(ds_config) if ds_config else None)
+
+
+def recompute(function: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    """``function(*args)`` whose activations are dropped and recomputed in backward, RNG streams replayed."""
+    return deepspeed.checkpointing.checkpoint(function, *args)

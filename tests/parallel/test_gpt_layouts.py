@@ -1,0 +1,124 @@
+"""A tiny GPT trained in each parallel layout matches one process: losses of every step, first-step gradients.
+
+Each layout runs for real under ``torchrun`` with gloo on CPU (2 or 4 processes) through the same engine,
+model provider and step functions as ``pretrain_gpt.py``; fp32, dropout off, ZeRO stage 0 so that the
+gradients are read before the optimizer touches them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.launch import REPO_ROOT, free_port
+
+WORKER = Path(__file__).with_name("gpt_layout_worker.py")
+STEPS = 3
+
+
+def model_flags(tmp_path: Path, zero_stage: int = 0) -> list[str]:
+    ds_config = tmp_path / "ds.json"
+    ds_config.write_text(json.dumps({"zero_optimization": {"stage": zero_stage}}))
+    return [
+        "--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
+        "--max-position-embeddings", "16", "--make-vocab-size-divisible-by", "64",
+        "--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", str(STEPS),
+        "--lr", "1e-2", "--lr-decay-style", "constant", "--clip-grad", "0.5",
+        "--attention-dropout", "0", "--hidden-dropout", "0",
+        "--data-path", "unused", "--vocab-file", "unused", "--merge-file", "unused",
+        "--deepspeed", "--deepspeed_config", str(ds_config),
+    ]  # fmt: skip
+
+
+def run_layout(tmp_path: Path, name: str, nproc: int, flags: list[str]) -> dict:
+    out = tmp_path / name
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_port", str(free_port()), str(WORKER), str(out), *flags,
+    ]  # fmt: skip
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-6000:]
+    merged: dict = {"grads": {}}
+    for stage_file in sorted(tmp_path.glob(f"{name}.stage*.pt")):
+        part = torch.load(stage_file)
+        merged["losses"] = part["losses"]
+        merged["grads"].update(part["grads"])
+    return merged
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    tmp_path = tmp_path_factory.mktemp("reference")
+    return run_layout(tmp_path, "single", 1, model_flags(tmp_path))
+
+
+def assert_matches(result: dict, reference: dict) -> None:
+    assert result["losses"] == pytest.approx(reference["losses"], rel=1e-5), (
+        result["losses"],
+        reference["losses"],
+    )
+    assert sorted(result["grads"]) == sorted(reference["grads"])
+    for name, grad in reference["grads"].items():
+        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+LAYOUTS = {
+    "tp2": (2, ["--tensor-model-parallel-size", "2"]),
+    "tp2-sequence-parallel": (2, ["--tensor-model-parallel-size", "2", "--sequence-parallel"]),
+    "pp2": (2, ["--pipeline-model-parallel-size", "2"]),
+    "tp2-pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]),
+    "dp2-tp2": (4, ["--tensor-model-parallel-size", "2"]),
+    "tp2-recompute-selective": (
+        2,
+        ["--tensor-model-parallel-size", "2", "--recompute-granularity", "selective"],
+    ),
+    "tp2-recompute-full-uniform": (
+        2,
+        [
+            "--tensor-model-parallel-size",
+            "2",
+            "--recompute-granularity",
+            "full",
+            "--recompute-method",
+            "uniform",
+            "--recompute-num-layers",
+            "2",
+        ],
+    ),  # fmt: skip
+    "tp2-recompute-full-block": (
+        2,
+        [
+            "--tensor-model-parallel-size",
+            "2",
+            "--recompute-granularity",
+            "full",
+            "--recompute-method",
+            "block",
+            "--recompute-num-layers",
+            "1",
+        ],
+    ),  # fmt: skip
+    "pp2-checkpoint-activations-deepspeed": (
+        2,
+        [
+            "--pipeline-model-parallel-size",
+            "2",
+            "--checkpoint-activations",
+            "--deepspeed-activation-checkpointing",
+        ],
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_layout_matches_single_process(tmp_path, reference, layout):
+    nproc, flags = LAYOUTS[layout]
+    assert_matches(run_layout(tmp_path, layout, nproc, model_flags(tmp_path) + flags), reference)
