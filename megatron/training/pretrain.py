@@ -88,7 +88,9 @@ class Pretraining:
         self.is_pipeline, self.own_grad_norm = built.is_pipeline, built.own_grad_norm
         self.state = TrainState()
         if config.checkpoint.load:
-            self.state = load_checkpoint(self.engine, config.checkpoint.load, self.lr_scheduler, config)
+            self.state = load_checkpoint(
+                self.engine, config.checkpoint.load, self.lr_scheduler, config, parallel
+            )
         self.metrics = MetricsWriter(config, context.is_main)
         self.start_time = time.time()
         self._build_data()

@@ -23,9 +23,11 @@ def set_seed(seed: int) -> None:
 
 
 def get_rng_state() -> dict:
+    """Only tensors and plain Python values, so checkpoints load with ``torch.load(weights_only=True)``."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "random_rng_state": random.getstate(),
-        "np_rng_state": np.random.get_state(),
+        "np_rng_state": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
         "torch_rng_state": torch.get_rng_state(),
         "rng_tracker_states": tensor_parallel_rng_state(),
     }
@@ -36,7 +38,8 @@ def get_rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["random_rng_state"])
-    np.random.set_state(state["np_rng_state"])
+    kind, keys, position, has_gauss, cached_gaussian = state["np_rng_state"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch_rng_state"])
     set_tensor_parallel_rng_state(state["rng_tracker_states"])
     if "cuda_rng_state" in state and torch.cuda.is_available():
