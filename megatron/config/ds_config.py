@@ -228,6 +228,10 @@ def reconcile_ds_config(
     in, checked against those flags, and finally run through DeepSpeed's own parser."""
     _check_parallel_keys(ds, parallel)
     result = copy.deepcopy(dict(ds.data))
+    # Checked to agree with the flags, then dropped: with both present deepspeed.initialize would build a
+    # device mesh of its own and consult it before the groups this toolkit passes in.
+    result.pop("sequence_parallel_size", None)
+    result.pop("data_parallel_size", None)
     accumulation = batch.gradient_accumulation_steps
     if result.get("gradient_accumulation_steps", accumulation) != accumulation:
         raise ConfigError(

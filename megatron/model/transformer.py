@@ -11,9 +11,11 @@ dimension of the LayerNorm/dropout regions holds this rank's part only. With a s
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+from deepspeed.sequence.layer import DistributedAttention
 from torch import nn
 
 from megatron.config.schema import ModelConfig, RecomputeConfig
@@ -52,8 +54,16 @@ class SelfAttention(nn.Module):
             hidden, 3 * hidden, context, config.init_method_std, generator=generator
         )
         self.dense = RowParallelLinear(hidden, hidden, context, output_layer_std(config), generator=generator)
-        # Replaced by DeepSpeed-Ulysses' all-to-all wrapper when the sequence is split that way.
         self.core_attention = self.local_attention
+        if context.ulysses_size > 1:
+            # DeepSpeed-Ulysses: an all-to-all over the Ulysses group trades this rank's part of the sequence
+            # for all of it on 1/U of the local heads ([b, s/U, h, d] -> [b, s, h/U, d]), so the causal
+            # attention sees the whole sequence; the output goes back the same way. With our batch-first
+            # layout the heads are dimension 2 (scattered) and the sequence dimension 1 (gathered).
+            self.ulysses_attention = DistributedAttention(
+                self.local_attention, context.ulysses_group, scatter_idx=2, gather_idx=1
+            )
+            self.core_attention = partial(self.ulysses_attention, batch_dim_idx=0)
 
     def local_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """``[batch, sequence, heads, head_dim]`` in and out; heads are split, so dropout differs per rank."""

@@ -90,6 +90,7 @@ class ParallelContext:
     ulysses_size: int = 1
     ulysses_group: dist.ProcessGroup | None = None
     # Data-parallel and Ulysses ranks together: they hold the same weights, so gradients are averaged there.
+    sequence_data_rank: int = 0
     sequence_data_size: int = 1
     sequence_data_group: dist.ProcessGroup | None = None
     # Megatron sequence parallelism over the tensor-parallel group.
@@ -150,6 +151,11 @@ class ParallelContext:
     def get_sequence_parallel_group(self):
         return self.ulysses_group
 
+    def get_sequence_data_parallel_rank(self) -> int:
+        """DeepSpeed's checkpointing picks its writers by this rank, ZeRO's shard owner among them; without
+        it, it takes the data-parallel rank, which the Ulysses ranks of a replica share."""
+        return self.sequence_data_rank
+
     def get_sequence_data_parallel_world_size(self) -> int:
         return self.sequence_data_size
 
@@ -182,7 +188,7 @@ def build_parallel_context(
     tensor_rank, tensor_size_, tensor_group = own_group(layout.tensor)
     ulysses_rank, ulysses_size_, ulysses_group = own_group(layout.ulysses)
     data_rank, data_size, data_group = own_group(layout.data)
-    _, sequence_data_size, sequence_data_group = own_group(layout.sequence_data)
+    sequence_data_rank, sequence_data_size, sequence_data_group = own_group(layout.sequence_data)
     pipeline_rank, pipeline_size_, pipeline_group = own_group(layout.pipeline)
     return ParallelContext(
         tensor_rank=tensor_rank,
@@ -197,6 +203,7 @@ def build_parallel_context(
         ulysses_rank=ulysses_rank,
         ulysses_size=ulysses_size_,
         ulysses_group=ulysses_group,
+        sequence_data_rank=sequence_data_rank,
         sequence_data_size=sequence_data_size,
         sequence_data_group=sequence_data_group,
         sequence_parallel=sequence_parallel,

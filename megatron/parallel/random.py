@@ -38,9 +38,10 @@ def seed_tensor_parallel_rng(seed: int, context: ParallelContext) -> None:
     """(Re)start the per-rank stream; the default generator is seeded by the caller, alike on all ranks."""
     tracker = ds_checkpointing.get_cuda_rng_tracker()
     tracker.reset()
+    # Distinct for every rank that holds different heads or a different part of the sequence.
+    stream = context.ulysses_rank * context.tensor_size + context.tensor_rank
     tracker.add(
-        ds_checkpointing._MODEL_PARALLEL_RNG_TRACKER_NAME,
-        seed + TENSOR_PARALLEL_SEED_OFFSET + context.tensor_rank,
+        ds_checkpointing._MODEL_PARALLEL_RNG_TRACKER_NAME, seed + TENSOR_PARALLEL_SEED_OFFSET + stream
     )
 
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 
 import deepspeed
 import torch
 from deepspeed.pipe import PipelineModule
+from deepspeed.sequence.layer import DistributedAttention
 from torch import nn
 
-from megatron.config.schema import Config
+from megatron.config.schema import Config, RecomputeConfig
 from megatron.parallel.context import ParallelContext
 from megatron.parallel.random import configure_recomputation, seed_tensor_parallel_rng
 from megatron.training.grad_norm import clip_gradients_, mark_for_deepspeed_norm
@@ -34,12 +35,74 @@ class TrainingEngine:
     own_grad_norm: bool
 
 
+@dataclass(frozen=True)
+class DeepSpeedMpu(ParallelContext):
+    """The parallel context as DeepSpeed's engine and ZeRO optimizers must see it under DeepSpeed-Ulysses.
+
+    DeepSpeed 0.19.8 all-reduces gradients over the mpu's ``get_sequence_data_parallel_group()`` (data x
+    Ulysses ranks) but divides the sum by that group's size over ``get_sequence_parallel_world_size()``,
+    i.e. by the data-parallel size alone: it sums over the Ulysses ranks, expecting each rank's loss to be
+    its share of the whole sequence's loss. Here each Ulysses rank's loss is the mean over its own part of
+    the sequence, so the gradient must be averaged over the whole group; reporting a sequence-parallel size
+    of one makes DeepSpeed's divisor exactly that (ZeRO 0 to 3 alike). Every other answer, the Ulysses group
+    and rank included, is the context's own. Without Ulysses this view changes nothing.
+    """
+
+    @classmethod
+    def of(cls, context: ParallelContext) -> DeepSpeedMpu:
+        return cls(**{field.name: getattr(context, field.name) for field in fields(ParallelContext)})
+
+    def get_sequence_parallel_world_size(self) -> int:
+        return 1
+
+
+def partition_over_sequence_data(model: nn.Module, config: Config, context: ParallelContext, mpu) -> None:
+    """ZeRO 3 under DeepSpeed-Ulysses: partition the parameters over the data-parallel x Ulysses ranks.
+
+    DeepSpeed 0.19.8's engine partitions a model that was not built under ``zero.Init`` over
+    ``mpu.get_data_parallel_group()``, and reduce-scatters each gradient over the group its parameter is
+    partitioned over. With Ulysses that group leaves out the other Ulysses ranks, so each would keep its own
+    gradient and the copies of the model drift apart. The built model is therefore converted here, over the
+    sequence-data group, before the engine sees it (Megatron-DeepSpeed builds its model under ``zero.Init``
+    with that group instead). The cast to the training dtype comes first because the engine makes it before
+    its own conversion and leaves parameters that are already partitioned in the dtype they have.
+    """
+    precision = config.precision
+    model.to(torch.float16 if precision.fp16 else torch.bfloat16 if precision.bf16 else torch.float32)
+    deepspeed.zero.Init(
+        module=model,
+        data_parallel_group=context.sequence_data_group,
+        config_dict_or_path=dict(config.deepspeed.ds_config),
+        mpu=mpu,
+    )
+
+
+def attention_path(model: nn.Module, context: ParallelContext) -> str:
+    if any(isinstance(module, DistributedAttention) for module in model.modules()):
+        return f"DeepSpeed-Ulysses all-to-all over {context.ulysses_size} ranks around torch SDPA"
+    return "torch SDPA"
+
+
+def describe_recompute(recompute: RecomputeConfig) -> str:
+    if recompute.granularity is None:
+        return "off"
+    if recompute.granularity == "selective":
+        what = "selective (the attention core)"
+    elif recompute.method == "uniform":
+        what = f"full, chunks of {recompute.num_layers} layer(s)"
+    else:
+        what = f"full, the first {recompute.num_layers} layer(s) of each stage"
+    options = "with the ds_config's activation_checkpointing options" if recompute.deepspeed else ""
+    return f"{what}, through deepspeed.checkpointing {options}".rstrip()
+
+
 def build_engine(config: Config, context: ParallelContext, model_provider: ModelProvider) -> TrainingEngine:
     """Seed, build the model (a ``PipelineModule`` when it spans pipeline stages), its optimizer and LR
     schedule, and hand them to ``deepspeed.initialize`` with the reconciled ds_config.
 
-    The parallel context is DeepSpeed's "mpu": ZeRO shards and averages gradients over the data-parallel
-    group only, and gradient clipping counts tensor-parallel shards once.
+    The parallel context is DeepSpeed's "mpu" (through :class:`DeepSpeedMpu`): ZeRO shards and averages
+    gradients over the data-parallel and Ulysses ranks, and gradient clipping counts tensor-parallel shards
+    once.
     """
     set_seed(config.seed)
     configure_recomputation(context, config.deepspeed.ds_config if config.recompute.deepspeed else None)
@@ -50,25 +113,31 @@ def build_engine(config: Config, context: ParallelContext, model_provider: Model
         mark_for_deepspeed_norm(model, context)
     parameters = sum(p.numel() for p in model.parameters())
     logger.info(
-        "model: %.1fM parameters on this rank (tensor-parallel %d, pipeline %d, data-parallel %d%s), "
-        "attention through torch SDPA, %s, %s engine",
+        "model: %.1fM parameters on this rank (tensor-parallel %d, pipeline %d, Ulysses %d, data-parallel "
+        "%d%s), attention through %s, %s, %s engine",
         parameters / 1e6,
         context.tensor_size,
         context.pipeline_size,
+        context.ulysses_size,
         context.data_size,
         ", sequence-parallel" if context.sequence_parallel else "",
+        attention_path(model, context),
         config.precision.dtype_name,
         "pipeline" if is_pipeline else "DeepSpeed",
     )
+    logger.info("activation recomputation: %s", describe_recompute(config.recompute))
     optimizer = build_optimizer(model, config.optimizer, "cuda" if torch.cuda.is_available() else "cpu")
     lr_scheduler = LRScheduler(
         optimizer, config.optimizer.lr, config.lr_schedule, config.batch.global_batch_size
     )
+    mpu = None if is_pipeline else DeepSpeedMpu.of(context)
+    if config.deepspeed.zero_stage == 3 and context.ulysses_size > 1:
+        partition_over_sequence_data(model, config, context, mpu)
     engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         config=dict(config.deepspeed.ds_config),
-        mpu=None if is_pipeline else context,
+        mpu=mpu,
     )
     unwrapped_optimizer = isinstance(engine.optimizer, torch.optim.Optimizer)
     if is_pipeline and unwrapped_optimizer:

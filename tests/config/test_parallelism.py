@@ -194,7 +194,8 @@ def test_ds_config_layout_keys_must_agree(tmp_path, changes, ds_changes, pattern
         build(tmp_path, changes, ds={**RECIPE_DS, **ds_changes})
 
 
-def test_ds_config_layout_keys_that_agree_are_kept(tmp_path):
+def test_ds_config_layout_keys_that_agree_are_dropped(tmp_path):
+    """DeepSpeed would build a mesh of its own from the pair; the groups come from the flags instead."""
     config = build(tmp_path, {U: "2"}, ds={**RECIPE_DS, "sequence_parallel_size": 2, "data_parallel_size": 8})
-    assert config.deepspeed.ds_config["sequence_parallel_size"] == 2
-    assert config.deepspeed.ds_config["data_parallel_size"] == 8
+    assert "sequence_parallel_size" not in config.deepspeed.ds_config
+    assert "data_parallel_size" not in config.deepspeed.ds_config

@@ -2,8 +2,9 @@
 
 It builds everything through the library (flags -> config, parallel context, ``build_engine`` with the
 entry point's model provider, ``train_step``/``pipeline_train_step``), feeds the same synthetic global
-batches whatever the layout, records the loss of every step and the full (gathered) gradients of the first
-step under Megatron's parameter names, and rank 0 of each pipeline stage writes them to ``OUT.stageN.pt``.
+batches whatever the layout, records the loss and gradient norm of every step and the full (gathered)
+gradients of the first step under Megatron's parameter names, and rank 0 of each pipeline stage writes them
+to ``OUT.stageN.pt``.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def main() -> None:
 
     optimizer.step = capture_then_step
 
-    losses = []
+    losses, grad_norms = [], []
     for step in range(steps):
         # This rank's share of the global batch, as the sampler deals it: micro batch m of data rank d.
         chunks = samples[step].view(micro_batches, context.data_size, batch.micro_batch_size, -1)
@@ -102,8 +103,10 @@ def main() -> None:
         else:
             result = train_step(engine, batches, micro_batches, context, built.own_grad_norm)
         losses.append(all_reduce_mean(result.loss).item())
+        grad_norms.append(None if result.grad_norm is None else float(result.grad_norm))
     if context.tensor_rank == 0 and context.data_rank == 0 and context.ulysses_rank == 0:
-        torch.save({"losses": losses, "grads": captured}, f"{out}.stage{context.pipeline_rank}.pt")
+        record = {"losses": losses, "grad_norms": grad_norms, "grads": captured}
+        torch.save(record, f"{out}.stage{context.pipeline_rank}.pt")
     dist.barrier()
 
 
