@@ -18,9 +18,21 @@ import logging
 import os
 from dataclasses import dataclass
 
-import torch
 import torch.distributed as dist
 
+from megatron.checkpointing.layout import (
+    CHECKPOINT_VERSION,
+    CONVERTED_FROM,
+    LATEST_TAG_FILENAME,
+    TRACKER_FILENAME,
+    checkpoint_tag,
+    load_file,
+    model_rank,
+    model_states_name,
+    write_atomically,
+    zero3_model_states_name,
+)
+from megatron.checkpointing.universal import UNIVERSAL_CHECKPOINT_INFO, universal_checkpoint_info
 from megatron.config.errors import ConfigError
 from megatron.config.schema import Config
 from megatron.parallel.context import ParallelContext
@@ -28,9 +40,6 @@ from megatron.training.rng import get_rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 3.0
-LATEST_TAG_FILENAME = "latest"
-TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
 # Model fields that must agree between a checkpoint and the run that loads it.
 _SHAPE_FIELDS = (
     "num_layers",
@@ -52,27 +61,11 @@ class TrainState:
     skipped_iterations: int = 0
 
 
-def checkpoint_tag(iteration: int) -> str:
-    return f"global_step{iteration}"
-
-
 def model_states_path(checkpoint_dir: str, context: ParallelContext, zero_stage: int) -> str:
-    """The file holding this rank's client state. DeepSpeed numbers it by the rank within the tensor x
-    pipeline group (stage x T + tensor rank); under ZeRO-3 every data-parallel rank writes its own."""
-    rank = context.pipeline_rank * context.tensor_size + context.tensor_rank
-    name = f"mp_rank_{rank:02d}_model_states.pt"
-    if zero_stage == 3:
-        name = f"zero_pp_rank_{context.data_rank}_{name}"
+    """The file holding this rank's client state; under ZeRO-3 every data-parallel rank writes its own."""
+    rank = model_rank(context.pipeline_rank, context.tensor_rank, context.tensor_size)
+    name = zero3_model_states_name(context.data_rank, rank) if zero_stage == 3 else model_states_name(rank)
     return os.path.join(checkpoint_dir, name)
-
-
-def _write_atomically(path: str, text: str) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def save_checkpoint(engine, save_dir: str, state: TrainState, lr_scheduler, config: Config) -> None:
@@ -87,37 +80,23 @@ def save_checkpoint(engine, save_dir: str, state: TrainState, lr_scheduler, conf
         "checkpoint_version": CHECKPOINT_VERSION,
         "config": dataclasses.asdict(config),
     }
+    # What DeepSpeed's ds_to_universal needs to merge optimizer shards (checkpoint_util.py --universal).
+    client_state[UNIVERSAL_CHECKPOINT_INFO] = universal_checkpoint_info(client_state["config"])
     tag = checkpoint_tag(state.iteration)
     engine.save_checkpoint(save_dir, tag=tag, client_state=client_state, save_latest=False)
     if dist.is_initialized():
         dist.barrier()
     if not dist.is_initialized() or dist.get_rank() == 0:
-        _write_atomically(os.path.join(save_dir, LATEST_TAG_FILENAME), tag)
-        _write_atomically(os.path.join(save_dir, TRACKER_FILENAME), str(state.iteration))
+        write_atomically(os.path.join(save_dir, LATEST_TAG_FILENAME), tag)
+        write_atomically(os.path.join(save_dir, TRACKER_FILENAME), str(state.iteration))
     if dist.is_initialized():
         dist.barrier()
     logger.info("saved checkpoint at iteration %d to %s", state.iteration, save_dir)
 
 
-def read_client_state(path: str) -> dict:
-    """A model-state file, read with ``weights_only=True``; a missing or damaged file is a clear error."""
-    if not os.path.isfile(path):
-        raise ConfigError(
-            f"--load: checkpoint file {path} is missing; the checkpoint is incomplete or was saved with "
-            "another tensor/pipeline layout (convert it with tools/checkpoint_util.py)."
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch raises several types for a truncated or foreign file
-        raise ConfigError(
-            f"--load: checkpoint file {path} cannot be read ({type(error).__name__}: {error}); it is "
-            "truncated or damaged. Point --load at an earlier checkpoint, or write an earlier tag into its "
-            "'latest' file."
-        ) from error
-
-
-def check_compatible(client_state: dict, path: str, config: Config) -> None:
-    """The saved model shape and layout must be the ones this run builds."""
+def check_compatible(client_state: dict, path: str, config: Config, universal: bool = False) -> None:
+    """The saved model shape and layout must be the ones this run builds. A universal checkpoint loads into
+    any layout, and its vocabulary is padded again for this one."""
     saved = client_state.get("config")
     if saved is None:
         raise ConfigError(f"--load: {path} holds no training config; it was not written by this toolkit.")
@@ -125,11 +104,14 @@ def check_compatible(client_state: dict, path: str, config: Config) -> None:
         f"{field} {saved['model'][field]} (checkpoint) vs {getattr(config.model, field)} (flags)"
         for field in _SHAPE_FIELDS
         if saved["model"].get(field) != getattr(config.model, field)
+        and not (universal and field == "padded_vocab_size")
     ]
     if differences:
         raise ConfigError(
             f"--load: {path} is a different model: {'; '.join(differences)}. Match the model flags."
         )
+    if universal:
+        return
     for field, flag in (
         ("tensor_model_parallel_size", "--tensor-model-parallel-size"),
         ("pipeline_model_parallel_size", "--pipeline-model-parallel-size"),
@@ -158,23 +140,39 @@ def load_checkpoint(
         return TrainState()
     with open(latest) as handle:
         tag = handle.read().strip()
+    universal = bool(config.deepspeed.ds_config.get("checkpoint", {}).get("load_universal", False))
     path = model_states_path(os.path.join(load_dir, tag), context, config.deepspeed.zero_stage)
-    check_compatible(read_client_state(path), path, config)
+    if universal:  # it keeps the source layout's files, so this rank's may not exist; any describes it
+        path = os.path.join(load_dir, tag, model_states_name(0))
+    saved = load_file(path)
+    check_compatible(saved, path, config, universal)
+    # Converted to this layout by tools/checkpoint_util.py: weights, counters and LR schedule only.
+    converted = saved.get(CONVERTED_FROM)
+    module_only = options.finetune or converted is not None
     loaded_path, client_state = engine.load_checkpoint(
         load_dir,
         tag=tag,
-        load_optimizer_states=not (options.no_load_optim or options.finetune),
+        load_optimizer_states=not (options.no_load_optim or module_only),
         load_lr_scheduler_states=False,
-        load_module_only=options.finetune,
+        load_module_only=module_only,
     )
     if loaded_path is None:
         raise ConfigError(f"--load {load_dir}: DeepSpeed could not load checkpoint {tag}")
     logger.info("loaded checkpoint %s", loaded_path)
     if options.finetune:
         return TrainState()
-    if not options.no_load_optim:
+    if converted is not None or universal:
+        parallel = saved["config"]["parallel"]
+        logger.info(
+            "checkpoint from tensor-parallel %d, pipeline-parallel %d: %s; RNG seeded afresh",
+            converted["tensor"] if converted else parallel["tensor_model_parallel_size"],
+            converted["pipeline"] if converted else parallel["pipeline_model_parallel_size"],
+            "weights only, optimizer state afresh" if converted else "weights and optimizer state resharded",
+        )
+    if not options.no_load_optim and "lr_scheduler" in client_state:
         lr_scheduler.load_state_dict(client_state["lr_scheduler"])
-    if not options.no_load_rng:
+    # RNG states belong to the ranks of the saved layout: only an unconverted checkpoint restores them.
+    if not options.no_load_rng and converted is None and not universal:
         set_rng_state(client_state["rng_state"])
     return TrainState(
         iteration=client_state["iteration"],

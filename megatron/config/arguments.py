@@ -273,6 +273,12 @@ def _add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--finetune", action="store_true", help="Load only the weights; reset iteration count and optimizer."
     )
+    group.add_argument(
+        "--universal-checkpoint",
+        action="store_true",
+        help="--load a DeepSpeed universal checkpoint (tools/checkpoint_util.py --universal): weights and "
+        "optimizer state go into this run's data/tensor/pipeline layout.",
+    )
 
 
 def _add_deepspeed_flags(parser: argparse.ArgumentParser) -> None:

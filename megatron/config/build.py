@@ -98,6 +98,9 @@ def build_config(args: argparse.Namespace, world_size: int, vocab_size: int) -> 
     reconciled = ds_config.reconcile_ds_config(
         ds, batch=batch, parallel=parallel, precision=precision, clip=clip, stage=stage
     )
+    if args.universal_checkpoint:
+        # DeepSpeed's own switch for loading the per-parameter files of a universal checkpoint.
+        reconciled.setdefault("checkpoint", {})["load_universal"] = True
     return Config(
         model=model,
         parallel=parallel,

@@ -298,3 +298,9 @@ def test_rules_only_deepspeed_knows_are_checked_too(tmp_path):
 def test_fp16_needs_zero_stage_one_or_more(tmp_path):
     with pytest.raises(ConfigError, match=r"--fp16 with ZeRO stage 0 .* Use --zero-stage 1 .* or --bf16"):
         build(tmp_path, {"--zero-stage": "0"}, ds={"fp16": {"enabled": True}})
+
+
+def test_universal_checkpoint_flag_sets_deepspeeds_switch(tmp_path):
+    config = build(tmp_path, {"--universal-checkpoint": True})
+    assert config.deepspeed.ds_config["checkpoint"]["load_universal"] is True
+    assert "checkpoint" not in build(tmp_path).deepspeed.ds_config
