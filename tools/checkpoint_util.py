@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--universal",
         action="store_true",
         help="write DeepSpeed's universal checkpoint instead: weights and ZeRO optimizer state, loadable "
-        'with any tensor-parallel and data-parallel size by a run whose ds_config has "checkpoint": '
-        '{"load_universal": true}; --target-pipeline-parallel-size only says whether that run is pipelined',
+        "with any tensor-parallel and data-parallel size by a run with --universal-checkpoint; "
+        "--target-pipeline-parallel-size only says whether that run is pipelined",
     )
     parser.add_argument("--model-type", default="GPT", choices=["GPT"], help="accepted for Megatron's habits")
     parser.add_argument("--loader", default="megatron", choices=["megatron"], help="accepted, as in Megatron")
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> str:
     if args.universal:
         folder = convert_to_universal(args.load_dir, args.save_dir, target_pipeline)
         logger.info(
-            "wrote the universal checkpoint %s; train on with --load %s and a ds_config holding "
-            '"checkpoint": {"load_universal": true}, any --tensor-model-parallel-size',
+            "wrote the universal checkpoint %s; train on with --load %s --universal-checkpoint, any "
+            "--tensor-model-parallel-size",
             folder,
             args.save_dir,
         )
