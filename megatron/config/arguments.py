@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_deepspeed_flags(parser)
     _add_parallel_flags(parser)
     _add_recompute_flags(parser)
+    _add_kernel_flags(parser)
     return parser
 
 
@@ -380,4 +381,18 @@ def _add_recompute_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Recompute through DeepSpeed's activation checkpointing, set up by the ds_config's "
         "activation_checkpointing section. Alone it means full recomputation, uniform, 1 layer.",
+    )
+
+
+def _add_kernel_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("kernels (same model, other implementation)")
+    group.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="Compile each transformer layer with torch.compile (fuses the elementwise work around matmuls).",
+    )
+    group.add_argument(
+        "--use-flash-attn",
+        action="store_true",
+        help="Attention through the flash-attn package (a CUDA build) instead of torch SDPA.",
     )

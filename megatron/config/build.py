@@ -10,6 +10,7 @@ Megatron-DeepSpeed recipes behave as they did there; the larger groups of them h
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 
 from megatron.config import ds_config, parallelism, schedules
@@ -20,6 +21,7 @@ from megatron.config.schema import (
     Config,
     DataConfig,
     DeepSpeedConfig,
+    KernelConfig,
     LoggingConfig,
     ModelConfig,
     OptimizerConfig,
@@ -114,8 +116,19 @@ def build_config(args: argparse.Namespace, world_size: int, vocab_size: int) -> 
         checkpoint=checkpoint,
         deepspeed=DeepSpeedConfig(config_path=ds.path, ds_config=reconciled, zero_stage=stage),
         recompute=recompute,
+        kernels=_kernel_config(args),
         seed=args.seed,
     )
+
+
+def _kernel_config(args: argparse.Namespace) -> KernelConfig:
+    if args.use_flash_attn and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(
+            "--use-flash-attn: the flash-attn package is not installed (it needs a CUDA build: "
+            "pip install flash-attn --no-build-isolation); drop the flag to use torch SDPA, which runs "
+            "flash kernels itself on recent GPUs."
+        )
+    return KernelConfig(torch_compile=args.torch_compile, use_flash_attn=args.use_flash_attn)
 
 
 def _check_fp16_stage(precision: PrecisionConfig, stage: int, ds_path: str) -> None:

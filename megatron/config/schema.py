@@ -59,6 +59,18 @@ class ParallelConfig:
 
 
 @dataclass(frozen=True)
+class KernelConfig:
+    """Which implementation runs, not what is computed: every choice here gives the same model.
+
+    ``torch_compile`` compiles each transformer layer with ``torch.compile`` (fusing bias, GeLU, dropout,
+    LayerNorm and residual adds); ``use_flash_attn`` calls the flash-attn package instead of torch's SDPA.
+    """
+
+    torch_compile: bool = False
+    use_flash_attn: bool = False
+
+
+@dataclass(frozen=True)
 class RecomputeConfig:
     """Activation recomputation. ``granularity`` None: keep all activations; "selective": recompute the
     attention core only; "full": recompute whole layers, ``method`` "uniform" (every ``num_layers`` layers as
@@ -203,4 +215,5 @@ class Config:
     checkpoint: CheckpointConfig
     deepspeed: DeepSpeedConfig
     recompute: RecomputeConfig = RecomputeConfig()
+    kernels: KernelConfig = KernelConfig()
     seed: int = 1234

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from megatron.config.schema import ModelConfig, RecomputeConfig
@@ -65,8 +66,16 @@ def parallel_lm_logits(
 def language_model_loss(
     logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None, context: ParallelContext
 ) -> torch.Tensor:
-    """Mean token loss (over ``loss_mask`` when given) from vocabulary-parallel logits, in float32."""
-    losses = vocab_parallel_cross_entropy(logits, labels, context)
+    """Mean token loss (over ``loss_mask`` when given) from vocabulary-parallel logits, in float32.
+
+    With the vocabulary on one rank torch's fused cross entropy is used: the same function with one
+    float32 copy of the logits instead of several.
+    """
+    if context.tensor_size == 1:
+        losses = F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none")
+        losses = losses.view(labels.shape)
+    else:
+        losses = vocab_parallel_cross_entropy(logits, labels, context)
     if loss_mask is None:
         return losses.mean()
     mask = loss_mask.float()

@@ -24,6 +24,16 @@ from megatron.parallel.layers import ColumnParallelLinear, LayerNorm, RowParalle
 from megatron.parallel.random import init_generator, recompute, tensor_parallel_rng
 
 
+def sdpa_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout: float
+) -> torch.Tensor:
+    """Causal attention through torch's SDPA (flash or memory-efficient kernels on GPUs), batch-first."""
+    context = F.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dropout_p=dropout, is_causal=True
+    )
+    return context.transpose(1, 2)
+
+
 def output_layer_std(config: ModelConfig) -> float:
     """Megatron's scaled init for the projections that feed the residual stream: std / sqrt(2 * layers),
     which keeps the residual's variance from growing with depth."""
@@ -54,6 +64,8 @@ class SelfAttention(nn.Module):
             hidden, 3 * hidden, context, config.init_method_std, generator=generator
         )
         self.dense = RowParallelLinear(hidden, hidden, context, output_layer_std(config), generator=generator)
+        # The kernel behind local_attention; megatron.model.kernels may swap in flash-attn.
+        self.attention_kernel = sdpa_attention
         self.core_attention = self.local_attention
         if context.ulysses_size > 1:
             # DeepSpeed-Ulysses: an all-to-all over the Ulysses group trades this rank's part of the sequence
@@ -69,14 +81,7 @@ class SelfAttention(nn.Module):
         """``[batch, sequence, heads, head_dim]`` in and out; heads are split, so dropout differs per rank."""
         dropout = self.attention_dropout if self.training else 0.0
         with tensor_parallel_rng(active=dropout > 0):
-            context = F.scaled_dot_product_attention(
-                query.transpose(1, 2),
-                key.transpose(1, 2),
-                value.transpose(1, 2),
-                dropout_p=dropout,
-                is_causal=True,
-            )
-        return context.transpose(1, 2)
+            return self.attention_kernel(query, key, value, dropout)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         mixed = self.query_key_value(hidden)

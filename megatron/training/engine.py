@@ -14,6 +14,7 @@ from deepspeed.sequence.layer import DistributedAttention
 from torch import nn
 
 from megatron.config.schema import Config, RecomputeConfig
+from megatron.model.kernels import apply_kernels
 from megatron.parallel.context import ParallelContext
 from megatron.parallel.random import configure_recomputation, seed_tensor_parallel_rng
 from megatron.training.grad_norm import clip_gradients_, mark_for_deepspeed_norm
@@ -126,6 +127,7 @@ def build_engine(config: Config, context: ParallelContext, model_provider: Model
         "pipeline" if is_pipeline else "DeepSpeed",
     )
     logger.info("activation recomputation: %s", describe_recompute(config.recompute))
+    logger.info("kernels: %s", apply_kernels(model, config.kernels))
     optimizer = build_optimizer(model, config.optimizer, "cuda" if torch.cuda.is_available() else "cpu")
     lr_scheduler = LRScheduler(
         optimizer, config.optimizer.lr, config.lr_schedule, config.batch.global_batch_size

@@ -304,3 +304,17 @@ def test_universal_checkpoint_flag_sets_deepspeeds_switch(tmp_path):
     config = build(tmp_path, {"--universal-checkpoint": True})
     assert config.deepspeed.ds_config["checkpoint"]["load_universal"] is True
     assert "checkpoint" not in build(tmp_path).deepspeed.ds_config
+
+
+def test_flash_attn_flag_needs_the_package(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "flash_attn" else real_find_spec(name, *a),
+    )
+    with pytest.raises(ConfigError, match="--use-flash-attn: the flash-attn package is not installed"):
+        build(tmp_path, {"--use-flash-attn": True})
+    assert build(tmp_path, {"--torch-compile": True}).kernels.torch_compile

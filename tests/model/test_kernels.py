@@ -1,0 +1,39 @@
+"""The faster kernels compute what the plain path computes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from megatron.config.schema import KernelConfig
+from megatron.model import GPTModel
+from megatron.model.kernels import apply_kernels
+from tests.model.test_gpt import small_config
+
+
+def loss_and_grads(model: GPTModel, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    loss = model(tokens[:, :-1], tokens[:, 1:])
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.slow
+def test_compiled_layers_match_eager_layers():
+    torch.manual_seed(0)
+    eager = GPTModel(small_config(num_layers=2))
+    compiled = copy.deepcopy(eager)
+    assert apply_kernels(compiled, KernelConfig(torch_compile=True)) == (
+        "torch.compile on each of 2 transformer layers"
+    )
+    tokens = torch.randint(0, 128, (2, 17))
+    eager_loss, eager_grads = loss_and_grads(eager, tokens)
+    compiled_loss, compiled_grads = loss_and_grads(compiled, tokens)
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_plain_kernels_are_described():
+    assert apply_kernels(GPTModel(small_config()), KernelConfig()) == "eager transformer layers"
