@@ -60,6 +60,7 @@ def main() -> None:
     bench.add_argument("--warmup", type=int, default=10)
     bench.add_argument("--iterations", type=int, default=20)
     bench.add_argument("--zero-stage", type=int, default=1)
+    bench.add_argument("--profile", action="store_true", help="print torch.profiler's top GPU kernels")
     known, overrides = bench.parse_known_args()
     shape = SHAPES[known.model]
     ds_config = Path(tempfile.mkdtemp()) / "ds.json"
@@ -87,19 +88,27 @@ def main() -> None:
         for index in range(micro_batches):
             yield make_batch({"text": samples[index]}, distributed.device, -1, False, context)
 
+    def step():
+        if built.is_pipeline:
+            return pipeline_train_step(built.engine, micro_batch_iterator())
+        return train_step(built.engine, micro_batch_iterator(), micro_batches, context, built.own_grad_norm)
+
     times = []
     for _ in range(known.warmup + known.iterations):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        if built.is_pipeline:
-            result = pipeline_train_step(built.engine, micro_batch_iterator())
-        else:
-            result = train_step(
-                built.engine, micro_batch_iterator(), micro_batches, context, built.own_grad_norm
-            )
+        result = step()
         result.loss.item()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+    if known.profile:
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as profiler:
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+        if dist.get_rank() == 0:
+            print(profiler.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
     timed = sorted(times[known.warmup :])
     seconds = timed[len(timed) // 2]
     world = dist.get_world_size()
