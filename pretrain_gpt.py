@@ -16,7 +16,7 @@ from megatron.data.gpt_dataset import check_data_prefixes
 from megatron.data.tokenizer import build_tokenizer
 from megatron.model import GPTModel
 from megatron.model.gpt_pipe import gpt_pipeline_module
-from megatron.parallel.context import ParallelContext, build_parallel_context
+from megatron.parallel.context import ParallelContext, parallel_context_for
 from megatron.training.distributed import initialize_distributed
 from megatron.training.entry import run_cli
 from megatron.training.pretrain import Pretraining
@@ -37,13 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     config = build_config(args, world_size_from_env(), tokenizer.vocab_size)
     check_data_prefixes(config.data.data_path)
     context = initialize_distributed()
-    parallel = config.parallel
-    parallel_context = build_parallel_context(
-        parallel.tensor_model_parallel_size,
-        parallel.pipeline_model_parallel_size,
-        parallel.ds_sequence_parallel_size,
-        parallel.sequence_parallel,
-    )
+    parallel_context = parallel_context_for(config.parallel)
     Pretraining(config, context, parallel_context, gpt_model_provider, eod=tokenizer.eod).run()
 
 

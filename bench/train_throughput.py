@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron.config.arguments import parse_args  # noqa: E402
 from megatron.config.build import build_config, world_size_from_env  # noqa: E402
-from megatron.parallel.context import build_parallel_context  # noqa: E402
+from megatron.parallel.context import parallel_context_for  # noqa: E402
 from megatron.training.distributed import initialize_distributed  # noqa: E402
 from megatron.training.engine import build_engine  # noqa: E402
 from megatron.training.step import make_batch, pipeline_train_step, train_step  # noqa: E402
@@ -70,13 +70,7 @@ def main() -> None:
     flags = default_flags(shape, str(ds_config), known.warmup + known.iterations) + overrides
     config = build_config(parse_args(flags), world_size_from_env(), VOCAB)
     distributed = initialize_distributed()
-    parallel = config.parallel
-    context = build_parallel_context(
-        parallel.tensor_model_parallel_size,
-        parallel.pipeline_model_parallel_size,
-        parallel.ds_sequence_parallel_size,
-        parallel.sequence_parallel,
-    )
+    context = parallel_context_for(config.parallel)
     built = build_engine(config, context, gpt_model_provider)
     batch = config.batch
     micro_batches = batch.gradient_accumulation_steps
@@ -121,7 +115,7 @@ def main() -> None:
     dist.all_gather(memories, torch.tensor([memory], device=distributed.device))
     if dist.get_rank() == 0:
         layout = (
-            f"T={parallel.tensor_model_parallel_size} P={parallel.pipeline_model_parallel_size} "
+            f"T={context.tensor_size} P={context.pipeline_size} "
             f"D={batch.data_parallel_size}"
         )
         print(

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 
+from megatron.config.schema import ParallelConfig
+
 
 @dataclass(frozen=True)
 class ParallelGroupRanks:
@@ -161,6 +163,16 @@ class ParallelContext:
 
     def get_sequence_data_parallel_group(self):
         return self.sequence_data_group
+
+
+def parallel_context_for(parallel: ParallelConfig) -> ParallelContext:
+    """The groups of a validated layout (see :func:`build_parallel_context`)."""
+    return build_parallel_context(
+        parallel.tensor_model_parallel_size,
+        parallel.pipeline_model_parallel_size,
+        parallel.ds_sequence_parallel_size,
+        parallel.sequence_parallel,
+    )
 
 
 def build_parallel_context(

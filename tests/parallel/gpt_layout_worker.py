@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from megatron.config.arguments import parse_args  # noqa: E402
 from megatron.config.build import build_config, world_size_from_env  # noqa: E402
-from megatron.parallel.context import ParallelContext, build_parallel_context  # noqa: E402
+from megatron.parallel.context import ParallelContext, parallel_context_for  # noqa: E402
 from megatron.training.distributed import all_reduce_mean, initialize_distributed  # noqa: E402
 from megatron.training.engine import build_engine  # noqa: E402
 from megatron.training.step import make_batch, pipeline_train_step, train_step  # noqa: E402
@@ -59,13 +59,7 @@ def main() -> None:
     args = parse_args(sys.argv[2:])
     config = build_config(args, world_size_from_env(), VOCAB)
     distributed = initialize_distributed()
-    parallel = config.parallel
-    context = build_parallel_context(
-        parallel.tensor_model_parallel_size,
-        parallel.pipeline_model_parallel_size,
-        parallel.ds_sequence_parallel_size,
-        parallel.sequence_parallel,
-    )
+    context = parallel_context_for(config.parallel)
     built = build_engine(config, context, gpt_model_provider)
     engine = built.engine
     batch = config.batch
