@@ -28,7 +28,7 @@ def gpt_model_provider(config: Config, context: ParallelContext) -> nn.Module:
         return gpt_pipeline_module(
             config.model, context, config.seed, config.recompute, config.parallel.pipeline_partition_method
         )
-    return GPTModel(config.model, context, config.seed, config.recompute)
+    return GPTModel(config.model, context, config.seed, config.recompute, config.moe)
 
 
 def main(argv: list[str] | None = None) -> None:

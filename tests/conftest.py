@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch import MERGE_FILE, REPO_ROOT, VOCAB_FILE, free_port
+from tests.launch import BERT_VOCAB_FILE, MERGE_FILE, REPO_ROOT, VOCAB_FILE, free_port
 
 CORPUS_DOCUMENTS = 400
 
@@ -33,6 +33,28 @@ def gpt_data_prefix(tmp_path_factory: pytest.TempPathFactory) -> str:
         ]
     )  # fmt: skip
     return str(Path(f"{output}_text_document"))
+
+
+@pytest.fixture(scope="session")
+def sentence_data_prefix(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The first documents of the bundled corpus split into sentences with the bundled WordPiece vocabulary
+    (BERT and T5 data); returns its prefix."""
+    from tools.preprocess_data import main as preprocess
+
+    folder = tmp_path_factory.mktemp("sentence_data")
+    corpus = sorted((REPO_ROOT / "data" / "corpus").glob("*.jsonl"))[0]
+    sample = folder / "corpus.jsonl"
+    with corpus.open() as source:
+        sample.write_text("".join(itertools.islice(source, CORPUS_DOCUMENTS)))
+    output = folder / "corpus"
+    preprocess(
+        [
+            "--input", str(sample), "--output-prefix", str(output), "--json-keys", "text",
+            "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", str(BERT_VOCAB_FILE),
+            "--split-sentences", "--workers", "1",
+        ]
+    )  # fmt: skip
+    return f"{output}_text_sentence"
 
 
 @pytest.fixture(scope="session")

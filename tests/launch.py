@@ -14,6 +14,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VOCAB_FILE = REPO_ROOT / "data" / "tokenizer" / "gpt2-bpe" / "vocab.json"
 MERGE_FILE = REPO_ROOT / "data" / "tokenizer" / "gpt2-bpe" / "merges.txt"
+BERT_VOCAB_FILE = REPO_ROOT / "data" / "tokenizer" / "bert-wordpiece" / "vocab.txt"
 
 LOSS_PATTERN = re.compile(r"iteration\s+(\d+)/.*?\| lm loss: (\S+) \|")
 VALID_PATTERN = re.compile(r"validation loss at .*? \| lm loss value: (\S+) \|")
@@ -69,12 +70,17 @@ class RunResult:
 
 
 def run_pretrain(
-    flags: list[str], nproc: int = 1, launcher: str = "torchrun", timeout: int = 600
+    flags: list[str],
+    nproc: int = 1,
+    launcher: str = "torchrun",
+    timeout: int = 600,
+    script: str = "pretrain_gpt.py",
 ) -> RunResult:
-    """``nproc`` processes of ``pretrain_gpt.py`` on CPU; DeepSpeed picks its CPU accelerator and gloo."""
+    """``nproc`` processes of ``script`` (``pretrain_gpt.py``, ``pretrain_bert.py``, ``pretrain_t5.py``) on
+    CPU; DeepSpeed picks its CPU accelerator and gloo."""
     env = {**os.environ, "OMP_NUM_THREADS": "1" if nproc > 1 else "2", "WANDB_MODE": "offline"}
     env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    script = str(REPO_ROOT / "pretrain_gpt.py")
+    script = str(REPO_ROOT / script)
     port = str(free_port())
     if launcher == "deepspeed":
         command = ["deepspeed", "--num_gpus", str(nproc), "--master_port", port, script, *flags]

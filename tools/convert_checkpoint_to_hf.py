@@ -11,6 +11,11 @@ that tokenizer; without either the padded vocabulary is kept. ``--megatron-lm-ou
 ``--save-dir``) also writes Megatron-LM's single ``model_optim_rng.pt``, the input of HuggingFace's
 ``convert_megatron_gpt2_checkpoint.py``.
 
+A BERT checkpoint (``pretrain_bert.py``) exports the same way to ``MegatronBertForPreTraining`` (or
+``MegatronBertForMaskedLM`` without the binary head), with its ``vocab.txt``; its ``--megatron-lm-out``
+file is the input of HuggingFace's ``convert_megatron_bert_checkpoint.py``. T5 has no HuggingFace
+equivalent.
+
 Import a GPT-2 folder as a checkpoint that ``pretrain_gpt.py --load CKPT --finetune`` starts from::
 
     python tools/convert_checkpoint_to_hf.py --import-hf hf/gpt2 --save-dir checkpoints/gpt2 \\
@@ -37,7 +42,7 @@ import torch  # noqa: E402
 
 from megatron.checkpointing import reshape  # noqa: E402
 from megatron.checkpointing.layout import FullModel, read_full_model, write_model_checkpoint  # noqa: E402
-from megatron.checkpointing.megatron_lm import write_megatron_lm  # noqa: E402
+from megatron.checkpointing.megatron_lm import masked_lm_args, write_megatron_lm  # noqa: E402
 from megatron.config.build import pad_vocab_size  # noqa: E402
 from megatron.config.errors import ConfigError, flag_dest  # noqa: E402
 from megatron.config.schema import ModelConfig, ParallelConfig  # noqa: E402
@@ -139,6 +144,13 @@ def export(args: argparse.Namespace) -> list[str]:
     full = read_full_model(args.load_dir, args.tag)
     model_config = model_config_of(full)
     data = full.config.get("data", {})
+    masked_lm = full.config.get("masked_lm") or {}
+    if masked_lm.get("model_type") == "t5" and args.save_dir is not None:
+        raise ConfigError(
+            f"--load-dir {args.load_dir} holds a T5 (pretrain_t5.py), which has no HuggingFace equivalent: "
+            "transformers' T5 uses relative position buckets and bias-free RMS norms, Megatron's T5 learned "
+            "positions and LayerNorm. Use --megatron-lm-out alone to write Megatron-LM's layout."
+        )
     tokenizer = _training_tokenizer(data)
     vocab_size = args.vocab_size or (tokenizer.vocab_size if tokenizer else None)
     state_dict = full.state_dict
@@ -154,7 +166,12 @@ def export(args: argparse.Namespace) -> list[str]:
         vocab_size or "unknown, keeping the padding rows",
     )
     written = []
-    if args.save_dir is not None:
+    if args.save_dir is not None and masked_lm.get("model_type") == "bert":
+        from megatron.checkpointing import hf_bert
+
+        saved = hf_bert.save_pretrained(args.save_dir, state_dict, model_config, vocab_size, tokenizer)
+        written.append(saved)
+    elif args.save_dir is not None:
         hf_config, hf_state = hf_gpt2.to_gpt2(
             state_dict, model_config, vocab_size, tokenizer.eod if tokenizer else None
         )
@@ -169,7 +186,14 @@ def export(args: argparse.Namespace) -> list[str]:
             state_dict = reshape.repad_vocab(state_dict, padded)
             model_config = dataclasses.replace(model_config, padded_vocab_size=padded)
         written.append(
-            write_megatron_lm(args.megatron_lm_out, state_dict, model_config, data, full.iteration)
+            write_megatron_lm(
+                args.megatron_lm_out,
+                state_dict,
+                model_config,
+                data,
+                full.iteration,
+                masked_lm_args(masked_lm),
+            )
         )
         logger.info("wrote Megatron-LM checkpoint %s", args.megatron_lm_out)
     return written

@@ -4,9 +4,12 @@
         --tokenizer-type GPT2BPETokenizer --vocab-file data/tokenizer/gpt2-bpe/vocab.json \\
         --merge-file data/tokenizer/gpt2-bpe/merges.txt --append-eod --workers 4
 
-Each line of the input is one JSON object and becomes one document (no sentence splitting). Training then
-takes ``--data-path data/kjv_text_document``. Lines are tokenized by a pool of workers but written in input
-order, so the output is the same for any ``--workers``. Empty documents are skipped, as in Megatron.
+Each line of the input is one JSON object and becomes one document. Training then takes
+``--data-path data/kjv_text_document``. With ``--split-sentences`` (BERT and T5 data) each sentence of a
+document is one item and the document index marks where documents end, as in Megatron; the output is then
+``PREFIX_{key}_sentence.bin/.idx`` (sentences found by :mod:`megatron.data.sentence_split`). Lines are
+tokenized by a pool of workers but written in input order, so the output is the same for any ``--workers``.
+Empty documents are skipped, as in Megatron.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from megatron.data.indexed_dataset import (  # noqa: E402
     data_file_path,
     index_file_path,
 )
+from megatron.data.sentence_split import split_sentences  # noqa: E402
 from megatron.data.tokenizer import TOKENIZER_TYPES, Tokenizer, build_tokenizer  # noqa: E402
 
 logger = logging.getLogger("tools.preprocess_data")
@@ -47,10 +51,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     group = parser.add_argument_group("tokenizer")
     group.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
-    group.add_argument("--vocab-file", default=None, help="GPT2BPETokenizer: vocab.json")
+    group.add_argument(
+        "--vocab-file", default=None, help="GPT2BPETokenizer: vocab.json; BertWordPiece*: vocab.txt"
+    )
     group.add_argument("--merge-file", default=None, help="GPT2BPETokenizer: merges.txt")
     group.add_argument("--tokenizer-model", default=None, help="HFTokenizer: tokenizer.json or its folder")
     group.add_argument("--append-eod", action="store_true", help="end every document with the eod token")
+    group.add_argument(
+        "--vocab-extra-ids", type=int, default=0, help="BertWordPiece*: sentinel tokens to add (T5)"
+    )
+    group = parser.add_argument_group("documents")
+    group.add_argument(
+        "--split-sentences",
+        action="store_true",
+        help="one item per sentence (BERT, T5), written as PREFIX_{key}_sentence; documents end in the index",
+    )
     group = parser.add_argument_group("output")
     group.add_argument("--output-prefix", required=True, help="outputs are PREFIX_{key}_document.bin/.idx")
     group.add_argument("--dataset-impl", default="mmap", choices=["mmap"])
@@ -76,16 +91,17 @@ class _Encoder:
     def setup(cls, args: argparse.Namespace) -> None:
         cls.args = args
         cls.tokenizer = build_tokenizer(
-            args.tokenizer_type, args.vocab_file, args.merge_file, args.tokenizer_model
+            args.tokenizer_type, args.vocab_file, args.merge_file, args.tokenizer_model, args.vocab_extra_ids
         )
 
     @classmethod
-    def encode(cls, numbered_line: tuple[int, str]) -> tuple[dict[str, np.ndarray], int]:
-        """One input line -> tokens per key (empty arrays for empty text), plus its size in bytes."""
+    def encode(cls, numbered_line: tuple[int, str]) -> tuple[dict[str, list[np.ndarray]], int]:
+        """One input line -> the items per key (the document, or its sentences; none for empty text), plus
+        its size in bytes."""
         lineno, line = numbered_line
         args = cls.args
         if not line.strip():
-            return {key: np.empty(0, dtype=np.int64) for key in args.json_keys}, len(line)
+            return {key: [] for key in args.json_keys}, len(line)
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -111,10 +127,11 @@ class _Encoder:
                     f"--json-keys {key!r} in --input {args.input!r} line {lineno} is a "
                     f"{type(text).__name__}, not a string; pass the key that holds the text."
                 )
-            ids = cls.tokenizer.tokenize(text)
-            if ids and args.append_eod:
-                ids.append(cls.tokenizer.eod)
-            out[key] = np.asarray(ids, dtype=np.int64)
+            pieces = split_sentences(text) if args.split_sentences else [text]
+            items = [ids for ids in map(cls.tokenizer.tokenize, pieces) if ids]
+            if items and args.append_eod:
+                items[-1].append(cls.tokenizer.eod)
+            out[key] = [np.asarray(ids, dtype=np.int64) for ids in items]
         return out, len(line)
 
 
@@ -132,7 +149,7 @@ def _open_input(path: str) -> IO[str]:
 
 
 def output_prefix(args: argparse.Namespace, key: str) -> str:
-    return f"{args.output_prefix}_{key}_document"
+    return f"{args.output_prefix}_{key}_{'sentence' if args.split_sentences else 'document'}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,11 +187,12 @@ def main(argv: list[str] | None = None) -> None:
         try:
             for doc, size in results:
                 total_bytes += size
-                for key, ids in doc.items():
-                    if ids.size == 0:
+                for key, items in doc.items():
+                    if not items:
                         skipped += 1
                         continue
-                    builders[key].add_item(ids)
+                    for ids in items:
+                        builders[key].add_item(ids)
                     builders[key].end_document()
                 lines += 1
                 if lines % args.log_interval == 0:

@@ -81,7 +81,9 @@ def save_checkpoint(engine, save_dir: str, state: TrainState, lr_scheduler, conf
         "config": dataclasses.asdict(config),
     }
     # What DeepSpeed's ds_to_universal needs to merge optimizer shards (checkpoint_util.py --universal).
-    client_state[UNIVERSAL_CHECKPOINT_INFO] = universal_checkpoint_info(client_state["config"])
+    # DeepSpeed's MoE checkpoints reserve the key for their own (and MoE runs refuse universal checkpoints).
+    if not config.moe.enabled:
+        client_state[UNIVERSAL_CHECKPOINT_INFO] = universal_checkpoint_info(client_state["config"])
     tag = checkpoint_tag(state.iteration)
     engine.save_checkpoint(save_dir, tag=tag, client_state=client_state, save_latest=False)
     if dist.is_initialized():
@@ -110,6 +112,7 @@ def check_compatible(client_state: dict, path: str, config: Config, universal: b
         raise ConfigError(
             f"--load: {path} is a different model: {'; '.join(differences)}. Match the model flags."
         )
+    _check_same_experts(saved.get("moe") or {}, path, config)
     if universal:
         return
     for field, flag in (
@@ -122,6 +125,24 @@ def check_compatible(client_state: dict, path: str, config: Config, universal: b
                 f"{getattr(config.parallel, field)}. Convert it first: tools/checkpoint_util.py --load-dir "
                 "... --save-dir ... --target-tensor-parallel-size T --target-pipeline-parallel-size P."
             )
+
+
+def _check_same_experts(saved: dict, path: str, config: Config) -> None:
+    """MoE layers and their expert-parallel split must match: DeepSpeed keeps one file per expert and one
+    optimizer shard per expert-parallel rank."""
+    experts, ep_size = tuple(saved.get("experts_per_layer", ())), saved.get("expert_parallel_size", 1)
+    moe = config.moe
+    if experts != moe.experts_per_layer:
+        raise ConfigError(
+            f"--load: {path} has experts per layer {list(experts) or 'none'}, this run "
+            f"{list(moe.experts_per_layer) or 'none'} (--num-experts / --expert-interval). Match the MoE "
+            "flags."
+        )
+    if moe.enabled and ep_size != moe.expert_parallel_size:
+        raise ConfigError(
+            f"--load: {path} was saved with --moe-expert-parallel-size {ep_size}, this run uses "
+            f"{moe.expert_parallel_size}; use the same expert-parallel size."
+        )
 
 
 def load_checkpoint(

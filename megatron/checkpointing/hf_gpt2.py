@@ -108,6 +108,12 @@ def to_gpt2(
     ``vocab_size`` is the tokenizer's size: the padding rows past it are cut. Without it HF gets the padded
     vocabulary, which works but lets ``generate`` sample padding ids.
     """
+    if model_config.head_dim * model_config.num_attention_heads != model_config.hidden_size:
+        raise ConfigError(
+            f"--kv-channels {model_config.kv_channels} x {model_config.num_attention_heads} heads is not "
+            f"--hidden-size {model_config.hidden_size}: GPT-2 has no separate head size, so this model does "
+            "not convert."
+        )
     remaining = dict(state_dict)
     word = _pop(remaining, WORD_EMBEDDINGS)
     padded = word.shape[0]

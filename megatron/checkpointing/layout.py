@@ -260,6 +260,12 @@ def write_model_checkpoint(
     """
     model = full.config["model"]
     reshape.check_target_layout(model, tensor_size, pipeline_size)
+    masked_lm = full.config.get("masked_lm")
+    if masked_lm and pipeline_size > 1:
+        raise ConfigError(
+            f"{reshape.TARGET_P_FLAG} {pipeline_size}: the checkpoint is a "
+            f"{masked_lm['model_type'].upper()}, which trains without pipeline parallelism (GPT only); use 1."
+        )
     padded = reshape.target_padded_vocab_size(full.config, full.tensor_size, tensor_size, true_vocab_size)
     shards = reshape.split_tensor_parallel(reshape.repad_vocab(full.state_dict, padded), tensor_size)
     tag = checkpoint_tag(full.iteration)

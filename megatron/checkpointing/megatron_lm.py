@@ -11,8 +11,11 @@ module's ``state_dict_for_save_checkpoint`` returns::
         encoder     the transformer's own state dict: "layers.N.input_layernorm.weight", ...,
                     "final_layernorm.weight", "final_layernorm.bias"
 
-Our parameter names are Megatron's, so the nesting is a split of each name at the right dots, and the fused
-QKV is already in version 3's per-head layout. ``args`` is an ``argparse.Namespace`` as Megatron pickles it,
+BERT adds ``language_model.pooler`` (``{"dense.weight", ...}``) and, beside ``language_model``, ``lm_head``
+(``{"dense.weight", "layernorm.weight", "bias", ...}``) and ``binary_head`` (``{"weight", "bias"}``), which
+HuggingFace's ``convert_megatron_bert_checkpoint.py`` reads. Our parameter names are Megatron's, so the
+nesting is a split of each name at the right dots, and the fused QKV is already in version 3's per-head
+layout. ``args`` is an ``argparse.Namespace`` as Megatron pickles it,
 holding the fields converters read: the shape, the GeLU flavour and the tokenizer. The file therefore needs
 ``torch.load(weights_only=False)``, as every Megatron-LM checkpoint does.
 """
@@ -33,12 +36,15 @@ ENCODER = "language_model.encoder."
 
 
 def megatron_lm_args(
-    model_config: ModelConfig, data_config: dict | None = None, iteration: int = 0
+    model_config: ModelConfig,
+    data_config: dict | None = None,
+    iteration: int = 0,
+    extra_args: dict | None = None,
 ) -> argparse.Namespace:
-    """The training arguments Megatron-LM would have saved for this model.
+    """The training arguments Megatron-LM would have saved for this model (``extra_args`` added).
 
     ``openai_gelu`` True with ``bias_gelu_fusion`` False says "tanh GeLU" (HF maps it to ``gelu_new``);
-    Megatron's default GeLU is the exact erf form, which this model does not compute.
+    False is Megatron's default, the exact erf GeLU (our BERT and T5).
     """
     data = data_config or {}
     tokenizer_type = data.get("tokenizer_type", "GPT2BPETokenizer")
@@ -64,7 +70,7 @@ def megatron_lm_args(
         attention_dropout=model_config.attention_dropout,
         hidden_dropout=model_config.hidden_dropout,
         layernorm_epsilon=model_config.layernorm_epsilon,
-        openai_gelu=True,
+        openai_gelu=model_config.openai_gelu,
         bias_gelu_fusion=False,
         apply_residual_connection_post_layernorm=False,
         untie_embeddings_and_output_weights=False,
@@ -80,7 +86,20 @@ def megatron_lm_args(
         vocab_file=data.get("vocab_file"),
         merge_file=data.get("merge_file"),
         iteration=iteration,
+        **(extra_args or {}),
     )
+
+
+def masked_lm_args(masked_lm: dict | None) -> dict:
+    """The arguments Megatron saves for BERT (``bert_binary_head``) and T5 (lengths, sentinels)."""
+    if not masked_lm:
+        return {}
+    if masked_lm["model_type"] == "bert":
+        return {"bert_binary_head": masked_lm["binary_head"], "num_tokentypes": 2}
+    return {
+        "decoder_seq_length": masked_lm["decoder_seq_length"],
+        "vocab_extra_ids": masked_lm["vocab_extra_ids"],
+    }
 
 
 def megatron_lm_checkpoint(
@@ -88,23 +107,27 @@ def megatron_lm_checkpoint(
     model_config: ModelConfig,
     data_config: dict | None = None,
     iteration: int = 0,
+    extra_args: dict | None = None,
 ) -> dict:
     """The contents of ``model_optim_rng.pt`` for our full (tensor-parallel size 1) state dict."""
     embedding: dict[str, dict[str, torch.Tensor]] = {}
-    encoder: dict[str, torch.Tensor] = {}
+    language_model: dict[str, dict] = {"embedding": embedding}
+    model: dict[str, dict] = {"language_model": language_model}
     for name, tensor in state_dict.items():
         if name.startswith(EMBEDDING):
             module, _, kind = name[len(EMBEDDING) :].rpartition(".")
             embedding.setdefault(module, {})[kind] = tensor
-        elif name.startswith(ENCODER):
-            encoder[name[len(ENCODER) :]] = tensor
-        else:
-            raise ValueError(f"{name} is not a parameter of the language model; pass a GPTModel state dict.")
+        elif name.startswith(LANGUAGE_MODEL):  # encoder, pooler: flat, as their own state dicts
+            part, _, rest = name[len(LANGUAGE_MODEL) :].partition(".")
+            language_model.setdefault(part, {})[rest] = tensor
+        else:  # BERT's heads
+            head, _, rest = name.partition(".")
+            model.setdefault(head, {})[rest] = tensor
     return {
-        "args": megatron_lm_args(model_config, data_config, iteration),
+        "args": megatron_lm_args(model_config, data_config, iteration, extra_args),
         "checkpoint_version": CHECKPOINT_VERSION,
         "iteration": iteration,
-        "model": {"language_model": {"embedding": embedding, "encoder": encoder}},
+        "model": model,
     }
 
 
@@ -114,6 +137,7 @@ def write_megatron_lm(
     model_config: ModelConfig,
     data_config: dict | None = None,
     iteration: int = 0,
+    extra_args: dict | None = None,
 ) -> str:
     """Write ``model_optim_rng.pt`` at ``path`` (folders created); returns the path."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -123,6 +147,7 @@ def write_megatron_lm(
         model_config,
         data_config,
         iteration,
+        extra_args,
     )
     temporary = f"{path}.tmp"
     torch.save(checkpoint, temporary)

@@ -47,6 +47,18 @@ TENSOR_PARALLEL_DIMS = {
     "mlp.dense_h_to_4h.bias": 0,
     "mlp.dense_4h_to_h.weight": 1,
 }
+# BERT's and T5's additions: the output bias (vocabulary-split like the embedding) and T5's cross-attention.
+# Kept apart so that GPT's universal-checkpoint patterns (built from the table above) all match a parameter.
+MASKED_LM_PARALLEL_DIMS = {
+    "lm_head.bias": 0,
+    "inter_attention.query.weight": 0,
+    "inter_attention.query.bias": 0,
+    "inter_attention.key_value.weight": 0,
+    "inter_attention.key_value.bias": 0,
+    "inter_attention.dense.weight": 1,
+}
+# Vocabulary-sized parameters besides the word embedding: padded and cut with it.
+VOCAB_BIASES = ("lm_head.bias",)
 
 TARGET_T_FLAG = "--target-tensor-parallel-size"
 TARGET_P_FLAG = "--target-pipeline-parallel-size"
@@ -55,7 +67,7 @@ TRUE_VOCAB_FLAG = "--true-vocab-size"
 
 def tensor_parallel_dim(name: str) -> int | None:
     """The dimension ``name`` is split along across tensor-parallel ranks, or None when it is replicated."""
-    for suffix, dim in TENSOR_PARALLEL_DIMS.items():
+    for suffix, dim in (*TENSOR_PARALLEL_DIMS.items(), *MASKED_LM_PARALLEL_DIMS.items()):
         if name == suffix or name.endswith("." + suffix):
             return dim
     return None
@@ -206,7 +218,8 @@ def target_padded_vocab_size(
 
 
 def repad_vocab(state_dict: dict[str, torch.Tensor], padded_vocab_size: int) -> dict[str, torch.Tensor]:
-    """The state dict with the word embedding cut or zero-extended at the end to ``padded_vocab_size`` rows.
+    """The state dict with the word embedding (and BERT's or T5's ``lm_head.bias``) cut or zero-extended at
+    the end to ``padded_vocab_size`` rows.
 
     The caller guarantees (:func:`target_padded_vocab_size`) that only padding rows are cut.
     """
@@ -219,7 +232,12 @@ def repad_vocab(state_dict: dict[str, torch.Tensor], padded_vocab_size: int) -> 
     else:
         resized = torch.cat([table, table.new_zeros(padded_vocab_size - rows, *table.shape[1:])])
     logger.info("vocabulary padding: %d -> %d embedding rows", rows, padded_vocab_size)
-    return {**state_dict, WORD_EMBEDDINGS: resized}
+    biases = {
+        name: torch.cat([bias[:padded_vocab_size], bias.new_zeros(max(0, padded_vocab_size - len(bias)))])
+        for name, bias in state_dict.items()
+        if name in VOCAB_BIASES
+    }
+    return {**state_dict, WORD_EMBEDDINGS: resized, **biases}
 
 
 def converted_config(config: dict, tensor_size: int, pipeline_size: int, padded_vocab_size: int) -> dict:

@@ -18,6 +18,7 @@ import sys
 from typing import NoReturn
 
 from megatron.config.errors import ConfigError
+from megatron.config.masked_lm import add_masked_lm_flags
 
 # A token such as "-1" or "-.5" is a value, not a flag.
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_parallel_flags(parser)
     _add_recompute_flags(parser)
     _add_kernel_flags(parser)
+    add_masked_lm_flags(parser)
+    _add_moe_flags(parser)
     return parser
 
 
@@ -91,6 +94,12 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-attention-heads", type=int, default=None, help="Attention heads (required).")
     group.add_argument(
         "--ffn-hidden-size", type=int, default=None, help="MLP hidden size. Default: 4 * --hidden-size."
+    )
+    group.add_argument(
+        "--kv-channels",
+        type=int,
+        default=None,
+        help="Channels per attention head. Default: --hidden-size / --num-attention-heads.",
     )
     group.add_argument("--seq-length", type=int, default=None, help="Tokens per sample (required).")
     group.add_argument(
@@ -185,6 +194,16 @@ def _add_lr_flags(parser: argparse.ArgumentParser) -> None:
         "--lr-warmup-fraction", type=float, default=None, help="Warmup as a fraction of the decay length."
     )
     group.add_argument("--lr-warmup-samples", type=int, default=0, help="Linear warmup samples.")
+    group.add_argument(
+        "--lr-decay-tokens",
+        type=int,
+        default=None,
+        help="Decay over this many consumed tokens instead of iterations/samples (a sequence-length "
+        "curriculum makes early samples shorter).",
+    )
+    group.add_argument(
+        "--lr-warmup-tokens", type=int, default=None, help="Linear warmup over this many consumed tokens."
+    )
 
 
 def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
@@ -232,9 +251,13 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
         "--split", default="969,30,1", help="Train/validation/test proportions, e.g. 969,30,1."
     )
     group.add_argument(
-        "--tokenizer-type", choices=["GPT2BPETokenizer", "HFTokenizer"], default="GPT2BPETokenizer"
+        "--tokenizer-type",
+        choices=["GPT2BPETokenizer", "HFTokenizer", "BertWordPieceLowerCase", "BertWordPieceCase"],
+        default="GPT2BPETokenizer",
     )
-    group.add_argument("--vocab-file", default=None, help="GPT-2 BPE vocab.json (GPT2BPETokenizer).")
+    group.add_argument(
+        "--vocab-file", default=None, help="GPT2BPETokenizer: vocab.json; BertWordPiece*: vocab.txt."
+    )
     group.add_argument("--merge-file", default=None, help="GPT-2 BPE merges.txt (GPT2BPETokenizer).")
     group.add_argument(
         "--tokenizer-model", default=None, help="tokenizer.json, or a folder holding one (HFTokenizer)."
@@ -395,4 +418,59 @@ def _add_kernel_flags(parser: argparse.ArgumentParser) -> None:
         "--use-flash-attn",
         action="store_true",
         help="Attention through the flash-attn package (a CUDA build) instead of torch SDPA.",
+    )
+
+
+def _add_moe_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("mixture of experts (DeepSpeed MoE)")
+    group.add_argument(
+        "--num-experts",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="Experts per MoE layer: one number, or one per MoE layer for pyramid (PR-)MoE. 1: dense MLP.",
+    )
+    group.add_argument(
+        "--expert-interval", type=int, default=2, help="Every this-many-th layer is an MoE layer."
+    )
+    group.add_argument(
+        "--moe-expert-parallel-size",
+        type=int,
+        default=1,
+        help="Spread each MoE layer's experts over this many data-parallel ranks (all-to-all between them).",
+    )
+    group.add_argument("--topk", type=int, default=1, help="Experts per token: top-1 or top-2 gating.")
+    group.add_argument(
+        "--mlp-type",
+        choices=["standard", "residual"],
+        default="standard",
+        help="residual: Residual MoE, a dense MLP alongside the experts, mixed by a learned coefficient.",
+    )
+    group.add_argument(
+        "--moe-train-capacity-factor", type=float, default=1.0, help="Expert capacity factor in training."
+    )
+    group.add_argument(
+        "--moe-eval-capacity-factor", type=float, default=1.0, help="Expert capacity factor in evaluation."
+    )
+    group.add_argument(
+        "--moe-min-capacity", type=int, default=4, help="Tokens each expert can take at least."
+    )
+    group.add_argument(
+        "--disable-moe-token-dropping",
+        action="store_false",
+        dest="moe_token_dropping",
+        help="Size every expert's capacity to the busiest expert's load instead of dropping tokens over "
+        "capacity.",
+    )
+    group.add_argument(
+        "--moe-loss-coeff",
+        type=float,
+        default=0.1,
+        help="Weight of the load-balancing loss (summed over MoE layers) added to the LM loss.",
+    )
+    group.add_argument(
+        "--create-moe-param-group",
+        action="store_true",
+        help="Accepted for Megatron-DeepSpeed recipes: expert parameters always get their own optimizer "
+        "groups.",
     )

@@ -10,11 +10,20 @@ Megatron-DeepSpeed recipes behave as they did there; the larger groups of them h
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 
 from megatron.config import ds_config, parallelism, schedules
+from megatron.config.curriculum import curriculum_config, shortest_seq_length
 from megatron.config.errors import ConfigError, flag_dest, require_positive
+from megatron.config.masked_lm import (
+    check_masked_lm_features,
+    check_masked_lm_parallel,
+    masked_lm_config,
+    resolve_sequence_flags,
+)
+from megatron.config.moe import check_moe_tokens, check_moe_zero_stage, moe_config
 from megatron.config.recompute import recompute_config
 from megatron.config.schema import (
     CheckpointConfig,
@@ -39,6 +48,8 @@ _REQUIRED_FLAGS = (
 _TOKENIZER_FILES = {
     "GPT2BPETokenizer": ("--vocab-file", "--merge-file"),
     "HFTokenizer": ("--tokenizer-model",),
+    "BertWordPieceLowerCase": ("--vocab-file",),
+    "BertWordPieceCase": ("--vocab-file",),
 }
 _WANDB_MODES = ("online", "offline", "disabled")
 
@@ -71,25 +82,35 @@ def pad_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int
     return -(-vocab_size // multiple) * multiple
 
 
-def build_config(args: argparse.Namespace, world_size: int, vocab_size: int) -> Config:
+def build_config(
+    args: argparse.Namespace, world_size: int, vocab_size: int, model_type: str = "gpt"
+) -> Config:
     """Validate ``args`` (from ``parse_args``) with the ds_config it names and derive everything else.
 
     ``world_size`` is passed in (usually ``world_size_from_env()``) so this needs no process group, and
-    ``vocab_size`` is the tokenizer's, before padding.
+    ``vocab_size`` is the tokenizer's, before padding. ``model_type`` ("gpt", "bert", "t5") is the entry
+    point's model family: BERT and T5 add their flags' settings (``Config.masked_lm``) and their rules.
     """
+    args = resolve_sequence_flags(args, model_type)
     _check_required(args)
     ds_path = _ds_config_path(args)
     parallel = parallelism.parallel_config(args, world_size)
     model = _model_config(args, vocab_size, parallel.tensor_model_parallel_size)
+    if model_type != "gpt":  # Megatron's default erf GeLU, which HF's MegatronBert computes too
+        model = dataclasses.replace(model, openai_gelu=False)
     parallelism.check_model_split(model, parallel)
+    masked_lm = masked_lm_config(args, model_type, model)
+    check_masked_lm_parallel(masked_lm, parallel)
     recompute = recompute_config(args, model.num_layers, parallel.pipeline_model_parallel_size)
     duration = schedules.duration_config(args)
     lr_schedule = schedules.lr_schedule_config(args, duration)
     data = _data_config(args)
     logging_config = _logging_config(args)
     checkpoint = _checkpoint_config(args)
+    moe = moe_config(args, model, parallel)
 
     ds = ds_config.load_ds_config(ds_path)
+    ds, curriculum = curriculum_config(ds, model, parallel)
     micro, global_batch = ds_config.batch_sizes(ds, args, parallel.data_parallel_size)
     batch = schedules.batch_config(micro, global_batch, parallel, args.rampup_batch_size, duration)
     precision = ds_config.precision_config(ds, args)
@@ -97,6 +118,9 @@ def build_config(args: argparse.Namespace, world_size: int, vocab_size: int) -> 
     stage = ds_config.zero_stage(ds, args)
     _check_fp16_stage(precision, stage, ds.path)
     parallelism.check_pipeline_zero_stage(parallel, stage, ds.path)
+    check_moe_zero_stage(moe, stage, ds.path)
+    check_moe_tokens(moe, batch.micro_batch_size, shortest_seq_length(curriculum, model.seq_length))
+    check_masked_lm_features(masked_lm, moe.enabled, curriculum is not None)
     reconciled = ds_config.reconcile_ds_config(
         ds, batch=batch, parallel=parallel, precision=precision, clip=clip, stage=stage
     )
@@ -117,6 +141,9 @@ def build_config(args: argparse.Namespace, world_size: int, vocab_size: int) -> 
         deepspeed=DeepSpeedConfig(config_path=ds.path, ds_config=reconciled, zero_stage=stage),
         recompute=recompute,
         kernels=_kernel_config(args),
+        moe=moe,
+        curriculum=curriculum,
+        masked_lm=masked_lm,
         seed=args.seed,
     )
 
@@ -163,9 +190,10 @@ def _model_config(args: argparse.Namespace, vocab_size: int, tensor_parallel_siz
         ("--max-position-embeddings", max_positions),
         ("--init-method-std", args.init_method_std),
         ("--layernorm-epsilon", args.layernorm_epsilon),
+        ("--kv-channels", args.kv_channels),
     ):
         require_positive(flag, value)
-    if args.hidden_size % args.num_attention_heads:
+    if args.kv_channels is None and args.hidden_size % args.num_attention_heads:
         raise ConfigError(
             f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads "
             f"{args.num_attention_heads}: each head gets hidden-size / heads channels. Choose a head count "
@@ -195,6 +223,7 @@ def _model_config(args: argparse.Namespace, vocab_size: int, tensor_parallel_siz
         attention_dropout=args.attention_dropout,
         hidden_dropout=args.hidden_dropout,
         layernorm_epsilon=args.layernorm_epsilon,
+        kv_channels=args.kv_channels,
     )
 
 

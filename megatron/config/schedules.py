@@ -68,9 +68,38 @@ def lr_schedule_config(args: argparse.Namespace, duration: DurationConfig) -> LR
             f"warmup of {warmup} {unit} (from {source}) is longer than the decay of {decay} {unit} (from "
             f"{decay_flag}); shorten the warmup or lengthen the decay."
         )
-    if iteration_mode:
-        return LRScheduleConfig(args.lr_decay_style, args.min_lr, decay_iters=decay, warmup_iters=warmup)
-    return LRScheduleConfig(args.lr_decay_style, args.min_lr, decay_samples=decay, warmup_samples=warmup)
+    decay_tokens, warmup_tokens = _token_schedule(args, warmup_flag, fraction)
+    lengths = {f"decay_{unit}": decay, f"warmup_{unit}": warmup}
+    return LRScheduleConfig(
+        args.lr_decay_style, args.min_lr, **lengths, decay_tokens=decay_tokens, warmup_tokens=warmup_tokens
+    )
+
+
+def _token_schedule(
+    args: argparse.Namespace, warmup_flag: str, fraction: float | None
+) -> tuple[int | None, int | None]:
+    """Megatron-DeepSpeed's --lr-decay-tokens / --lr-warmup-tokens: each, when given, makes its phase count
+    consumed tokens. A warmup in iterations or samples may come with a decay in tokens (the decay then
+    starts from the tokens consumed when the warmup ended), but not with a warmup in tokens."""
+    decay_tokens, warmup_tokens = args.lr_decay_tokens, args.lr_warmup_tokens
+    require_positive("--lr-decay-tokens", decay_tokens)
+    if warmup_tokens is None:
+        return decay_tokens, None
+    if warmup_tokens < 0:
+        raise ConfigError(f"--lr-warmup-tokens {warmup_tokens}: must be >= 0.")
+    other = "--lr-warmup-fraction" if fraction is not None else warmup_flag
+    other_value = fraction if fraction is not None else getattr(args, flag_dest(warmup_flag))
+    if other_value:
+        raise ConfigError(
+            f"--lr-warmup-tokens {warmup_tokens} and {other} {other_value} were both given; choose one way "
+            "to set the warmup."
+        )
+    if decay_tokens is not None and warmup_tokens > decay_tokens:
+        raise ConfigError(
+            f"--lr-warmup-tokens {warmup_tokens} is longer than --lr-decay-tokens {decay_tokens}; shorten "
+            "the warmup or lengthen the decay."
+        )
+    return decay_tokens, warmup_tokens
 
 
 def batch_config(

@@ -29,10 +29,15 @@ class ModelConfig:
     attention_dropout: float = 0.1
     hidden_dropout: float = 0.1
     layernorm_epsilon: float = 1e-5
+    # Channels per attention head (Megatron's --kv-channels); None: hidden_size / num_attention_heads.
+    kv_channels: int | None = None
+    # The MLP's GeLU: the tanh approximation (Megatron's --openai-gelu; our GPT) or the exact erf form
+    # (Megatron's default, used by BERT and T5).
+    openai_gelu: bool = True
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,10 @@ class LRScheduleConfig:
     decay_samples: int | None = None
     warmup_iters: int = 0
     warmup_samples: int = 0
+    # Megatron-DeepSpeed's --lr-decay-tokens / --lr-warmup-tokens: when set, that phase counts consumed
+    # tokens instead (fewer per sample under a sequence-length curriculum).
+    decay_tokens: int | None = None
+    warmup_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +180,19 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class MaskedLMConfig:
+    """What BERT and T5 pretraining add (``Config.masked_lm`` is None for GPT): the masking of the data,
+    BERT's sentence-order head and T5's decoder length. ``vocab_extra_ids`` are T5's sentinel tokens."""
+
+    model_type: Literal["bert", "t5"]
+    mask_prob: float = 0.15
+    short_seq_prob: float = 0.1
+    binary_head: bool = True
+    vocab_extra_ids: int = 0
+    decoder_seq_length: int | None = None
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     log_interval: int = 100
     eval_interval: int = 1000
@@ -202,6 +224,47 @@ class DeepSpeedConfig:
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """Mixture of experts (DeepSpeed's ``deepspeed.moe.layer.MoE``) in place of some layers' MLP.
+
+    ``experts_per_layer`` is derived from ``--num-experts`` and ``--expert-interval`` (Megatron-DeepSpeed's
+    rule): one entry per layer, 1 for a dense MLP; empty when no layer has experts. Capacity per expert is
+    ``max(ceil(tokens / experts x capacity_factor x topk), min_capacity)``; beyond it tokens are dropped
+    unless ``token_dropping`` is off.
+    """
+
+    experts_per_layer: tuple[int, ...] = ()
+    expert_parallel_size: int = 1
+    topk: int = 1
+    train_capacity_factor: float = 1.0
+    eval_capacity_factor: float = 1.0
+    min_capacity: int = 4
+    token_dropping: bool = True
+    loss_coeff: float = 0.1
+    mlp_type: Literal["standard", "residual"] = "standard"
+
+    @property
+    def enabled(self) -> bool:
+        return any(experts > 1 for experts in self.experts_per_layer)
+
+    def experts_at(self, layer_number: int) -> int:
+        """Experts of layer ``layer_number`` (from 0); 1 means the dense MLP."""
+        return self.experts_per_layer[layer_number] if self.experts_per_layer else 1
+
+
+@dataclass(frozen=True)
+class CurriculumConfig:
+    """Sequence-length curriculum (the ds_config's legacy ``curriculum_learning`` section, read here since
+    DeepSpeed 0.19 no longer accepts it): each micro batch is cut to the length scheduled for its step.
+    ``schedule`` is the section as DeepSpeed's ``CurriculumScheduler`` takes it."""
+
+    min_difficulty: int
+    max_difficulty: int
+    schedule_type: Literal["fixed_linear", "fixed_root", "fixed_discrete"]
+    schedule: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig
     parallel: ParallelConfig
@@ -216,4 +279,7 @@ class Config:
     deepspeed: DeepSpeedConfig
     recompute: RecomputeConfig = RecomputeConfig()
     kernels: KernelConfig = KernelConfig()
+    moe: MoEConfig = MoEConfig()
+    curriculum: CurriculumConfig | None = None
+    masked_lm: MaskedLMConfig | None = None
     seed: int = 1234

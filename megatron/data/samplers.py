@@ -76,8 +76,12 @@ class MegatronPretrainingSampler:
 
 
 def collate_text(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """Stack the samples' ``text`` into one ``[batch, seq_length + 1]`` LongTensor."""
-    return {"text": torch.from_numpy(np.stack([s["text"] for s in samples]).astype(np.int64, copy=False))}
+    """Stack each field of the samples into one LongTensor: GPT's ``text`` is ``[batch, seq_length + 1]``;
+    BERT and T5 samples have several fields."""
+    return {
+        key: torch.from_numpy(np.stack([s[key] for s in samples]).astype(np.int64, copy=False))
+        for key in samples[0]
+    }
 
 
 def build_pretraining_data_loader(

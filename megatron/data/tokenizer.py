@@ -17,9 +17,10 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFRustTokenizer
 
 from megatron.config.errors import ConfigError
+from megatron.data.bert_tokenizer import BERT_TOKENIZER_TYPES, BertWordPieceTokenizer
 
 GPT2_EOD_TOKEN = "<|endoftext|>"
-TOKENIZER_TYPES = ("GPT2BPETokenizer", "HFTokenizer")
+TOKENIZER_TYPES = ("GPT2BPETokenizer", "HFTokenizer", *BERT_TOKENIZER_TYPES)
 
 
 class Tokenizer(Protocol):
@@ -133,8 +134,26 @@ def build_tokenizer(
     vocab_file: str | None,
     merge_file: str | None,
     tokenizer_model: str | None = None,
+    vocab_extra_ids: int = 0,
 ) -> Tokenizer:
-    """Build the tokenizer named by ``--tokenizer-type`` from the files its flags point to."""
+    """Build the tokenizer named by ``--tokenizer-type`` from the files its flags point to.
+
+    ``vocab_extra_ids`` (T5's sentinels) applies to the BERT WordPiece tokenizers only.
+    """
+    if tokenizer_type in BERT_TOKENIZER_TYPES:
+        if not vocab_file:
+            raise ConfigError(
+                f"--vocab-file is required with --tokenizer-type {tokenizer_type}; pass a BERT vocab.txt, "
+                "e.g. data/tokenizer/bert-wordpiece/vocab.txt."
+            )
+        lower_case = tokenizer_type == "BertWordPieceLowerCase"
+        return BertWordPieceTokenizer(vocab_file, lower_case, vocab_extra_ids)
+    if vocab_extra_ids:
+        raise ConfigError(
+            f"--vocab-extra-ids {vocab_extra_ids} with --tokenizer-type {tokenizer_type}: sentinel tokens "
+            "are added to the BERT WordPiece tokenizers only; use BertWordPieceLowerCase or "
+            "BertWordPieceCase."
+        )
     if tokenizer_type == "GPT2BPETokenizer":
         if not vocab_file or not merge_file:
             missing = "--vocab-file" if not vocab_file else "--merge-file"

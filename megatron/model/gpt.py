@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megatron.config.schema import ModelConfig, RecomputeConfig
+from megatron.config.schema import ModelConfig, MoEConfig, RecomputeConfig
 from megatron.model.transformer import ParallelTransformer
 from megatron.parallel.context import ParallelContext
 from megatron.parallel.cross_entropy import vocab_parallel_cross_entropy
@@ -27,10 +27,11 @@ class Embedding(nn.Module):
     """Word plus position embeddings, then dropout (Megatron's ``language_model.embedding``).
 
     The word table is split over the tensor-parallel ranks by vocabulary; positions are replicated. Under
-    sequence parallelism the output keeps only this rank's part of the sequence.
+    sequence parallelism the output keeps only this rank's part of the sequence. BERT adds
+    ``num_tokentypes`` segment embeddings (``tokentype_embeddings``, replicated).
     """
 
-    def __init__(self, config: ModelConfig, context: ParallelContext, seed: int):
+    def __init__(self, config: ModelConfig, context: ParallelContext, seed: int, num_tokentypes: int = 0):
         super().__init__()
         generator = init_generator(seed, EMBEDDING_INIT_PATH)
         std = config.init_method_std
@@ -39,12 +40,20 @@ class Embedding(nn.Module):
         )
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.position_embeddings.weight.data.normal_(0.0, std, generator=generator)
+        self.tokentype_embeddings = None
+        if num_tokentypes:
+            self.tokentype_embeddings = nn.Embedding(num_tokentypes, config.hidden_size)
+            self.tokentype_embeddings.weight.data.normal_(0.0, std, generator=generator)
         self.embedding_dropout = nn.Dropout(config.hidden_dropout)
         self.context = context
 
-    def forward(self, tokens: torch.Tensor, position_offset: int = 0) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, position_offset: int = 0, tokentype_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         positions = torch.arange(position_offset, position_offset + tokens.shape[1], device=tokens.device)
         embeddings = self.word_embeddings(tokens) + self.position_embeddings(positions)
+        if self.tokentype_embeddings is not None:
+            embeddings = embeddings + self.tokentype_embeddings(tokentype_ids)
         if not self.context.sequence_parallel:
             return self.embedding_dropout(embeddings)
         embeddings = scatter_to_sequence_parallel_region(embeddings, self.context.tensor_group)
@@ -83,10 +92,17 @@ def language_model_loss(
 
 
 class TransformerLanguageModel(nn.Module):
-    def __init__(self, config: ModelConfig, context: ParallelContext, seed: int, recompute: RecomputeConfig):
+    def __init__(
+        self,
+        config: ModelConfig,
+        context: ParallelContext,
+        seed: int,
+        recompute: RecomputeConfig,
+        moe: MoEConfig | None = None,
+    ):
         super().__init__()
         self.embedding = Embedding(config, context, seed)
-        self.encoder = ParallelTransformer(config, context, seed, recompute)
+        self.encoder = ParallelTransformer(config, context, seed, recompute, moe)
 
     def forward(self, tokens: torch.Tensor, position_offset: int = 0) -> torch.Tensor:
         return self.encoder(self.embedding(tokens, position_offset))
@@ -97,7 +113,9 @@ class GPTModel(nn.Module):
 
     The loss is computed here, in float32 and without gathering the vocabulary-split logits, so that the
     DeepSpeed engine's forward returns exactly what its ``backward`` needs. ``seed`` fixes the
-    initialisation (each part from its own generator, whatever the parallel layout).
+    initialisation (each part from its own generator, whatever the parallel layout). With MoE layers
+    (``moe``) the loss comes as ``(lm loss, moe loss)``, the second being ``--moe-loss-coeff`` x the sum of
+    the layers' load-balancing losses; training backpropagates their sum and logs them apart.
     """
 
     def __init__(
@@ -106,12 +124,14 @@ class GPTModel(nn.Module):
         context: ParallelContext | None = None,
         seed: int = 1234,
         recompute: RecomputeConfig | None = None,
+        moe: MoEConfig | None = None,
     ):
         super().__init__()
         self.config = config
         self.context = context or ParallelContext.single()
+        self.moe_loss_coeff = moe.loss_coeff if moe is not None else 0.0
         self.language_model = TransformerLanguageModel(
-            config, self.context, seed, recompute or RecomputeConfig()
+            config, self.context, seed, recompute or RecomputeConfig(), moe
         )
 
     @property
@@ -128,9 +148,11 @@ class GPTModel(nn.Module):
         labels: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
         position_offset: int = 0,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         hidden = self.language_model(tokens, position_offset)
         logits = parallel_lm_logits(hidden, self.word_embeddings_weight, self.context)
         if labels is None:
             return gather_from_tensor_parallel_region(logits, self.context.tensor_group)
-        return language_model_loss(logits, labels, loss_mask, self.context)
+        loss = language_model_loss(logits, labels, loss_mask, self.context)
+        moe_loss = self.language_model.encoder.moe_loss
+        return loss if moe_loss is None else (loss, self.moe_loss_coeff * moe_loss)

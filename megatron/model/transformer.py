@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from deepspeed.sequence.layer import DistributedAttention
 from torch import nn
 
-from megatron.config.schema import ModelConfig, RecomputeConfig
+from megatron.config.schema import ModelConfig, MoEConfig, RecomputeConfig
+from megatron.model.moe import MoEMLP, expert_parallel_rank, moe_losses
 from megatron.parallel.context import ParallelContext
 from megatron.parallel.layers import ColumnParallelLinear, LayerNorm, RowParallelLinear
 from megatron.parallel.random import init_generator, recompute, tensor_parallel_rng
@@ -30,6 +31,20 @@ def sdpa_attention(
     """Causal attention through torch's SDPA (flash or memory-efficient kernels on GPUs), batch-first."""
     context = F.scaled_dot_product_attention(
         query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dropout_p=dropout, is_causal=True
+    )
+    return context.transpose(1, 2)
+
+
+def masked_sdpa_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float,
+) -> torch.Tensor:
+    """Bidirectional attention through torch's SDPA, batch-first; ``attention_mask`` True where allowed."""
+    context = F.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask, dropout_p=dropout
     )
     return context.transpose(1, 2)
 
@@ -53,17 +68,22 @@ class SelfAttention(nn.Module):
         context: ParallelContext,
         generator: torch.Generator,
         recompute_core: bool = False,
+        causal: bool = True,
     ):
         super().__init__()
         self.local_heads = config.num_attention_heads // context.tensor_size
         self.head_dim = config.head_dim
         self.attention_dropout = config.attention_dropout
         self.recompute_core = recompute_core
-        hidden = config.hidden_size
+        # Causal (GPT, T5's decoder) or bidirectional under a padding mask (BERT, T5's encoder).
+        self.causal = causal
+        hidden, projection = config.hidden_size, config.num_attention_heads * config.head_dim
         self.query_key_value = ColumnParallelLinear(
-            hidden, 3 * hidden, context, config.init_method_std, generator=generator
+            hidden, 3 * projection, context, config.init_method_std, generator=generator
         )
-        self.dense = RowParallelLinear(hidden, hidden, context, output_layer_std(config), generator=generator)
+        self.dense = RowParallelLinear(
+            projection, hidden, context, output_layer_std(config), generator=generator
+        )
         # The kernel behind local_attention; megatron.model.kernels may swap in flash-attn.
         self.attention_kernel = sdpa_attention
         self.core_attention = self.local_attention
@@ -77,22 +97,32 @@ class SelfAttention(nn.Module):
             )
             self.core_attention = partial(self.ulysses_attention, batch_dim_idx=0)
 
-    def local_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """``[batch, sequence, heads, head_dim]`` in and out; heads are split, so dropout differs per rank."""
+    def local_attention(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[batch, sequence, heads, head_dim]`` in and out; heads are split, so dropout differs per rank.
+        ``attention_mask`` (bidirectional attention only): True where a query may attend to a key,
+        broadcastable to ``[batch, heads, queries, keys]``."""
         dropout = self.attention_dropout if self.training else 0.0
         with tensor_parallel_rng(active=dropout > 0):
-            return self.attention_kernel(query, key, value, dropout)
+            if self.causal:
+                return self.attention_kernel(query, key, value, dropout)
+            return masked_sdpa_attention(query, key, value, attention_mask, dropout)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         mixed = self.query_key_value(hidden)
         batch, seq = mixed.shape[:2]
         query, key, value = mixed.view(batch, seq, self.local_heads, 3 * self.head_dim).split(
             self.head_dim, -1
         )
-        if self.recompute_core:
-            context = recompute(self.core_attention, query, key, value)
-        else:
-            context = self.core_attention(query, key, value)
+        core = self.core_attention
+        if attention_mask is not None:
+            core = partial(core, attention_mask=attention_mask)
+        context = recompute(core, query, key, value) if self.recompute_core else core(query, key, value)
         return self.dense(context.reshape(batch, context.shape[1], -1))
 
 
@@ -106,16 +136,18 @@ class MLP(nn.Module):
         self.dense_4h_to_h = RowParallelLinear(
             ffn, hidden, context, output_layer_std(config), generator=generator
         )
+        self.gelu_approximate = "tanh" if config.openai_gelu else "none"
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(hidden), approximate="tanh"))
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(hidden), approximate=self.gelu_approximate))
 
 
 class ParallelTransformerLayer(nn.Module):
     """x + dropout(attn(LN(x))), then + dropout(mlp(LN(.))).
 
     ``layer_number`` (from 0) seeds this layer's initialisation, so its weights do not depend on which other
-    layers the process builds. ``recompute_layer`` recomputes the whole layer in backward.
+    layers the process builds. ``recompute_layer`` recomputes the whole layer in backward. With ``moe`` giving
+    this layer experts, the MLP is an :class:`MoEMLP` (experts not split over the tensor-parallel ranks).
     """
 
     def __init__(
@@ -126,23 +158,31 @@ class ParallelTransformerLayer(nn.Module):
         seed: int,
         recompute_core: bool = False,
         recompute_layer: bool = False,
+        moe: MoEConfig | None = None,
+        causal: bool = True,
     ):
         super().__init__()
         generator = init_generator(seed, layer_number)
         self.recompute_layer = recompute_layer
         self.input_layernorm = LayerNorm(config.hidden_size, config.layernorm_epsilon, context)
-        self.self_attention = SelfAttention(config, context, generator, recompute_core)
+        self.self_attention = SelfAttention(config, context, generator, recompute_core, causal)
         self.post_attention_layernorm = LayerNorm(config.hidden_size, config.layernorm_epsilon, context)
-        self.mlp = MLP(config, context, generator)
+        if moe is not None and moe.experts_at(layer_number) > 1:
+            expert = partial(MLP, config, ParallelContext.single())
+            rank = expert_parallel_rank(context, moe.expert_parallel_size)
+            self.mlp = MoEMLP(config, moe, layer_number, seed, generator, expert, rank)
+        else:
+            self.mlp = MLP(config, context, generator)
         self.hidden_dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.recompute_layer and torch.is_grad_enabled():
-            return recompute(self._forward, hidden)
-        return self._forward(hidden)
+            return recompute(partial(self._forward, attention_mask=attention_mask), hidden)
+        return self._forward(hidden, attention_mask)
 
-    def _forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = hidden + self.hidden_dropout(self.self_attention(self.input_layernorm(hidden)))
+    def _forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        attention = self.self_attention(self.input_layernorm(hidden), attention_mask)
+        hidden = hidden + self.hidden_dropout(attention)
         return hidden + self.hidden_dropout(self.mlp(self.post_attention_layernorm(hidden)))
 
 
@@ -161,46 +201,67 @@ def recompute_plan(recompute_config: RecomputeConfig, num_layers: int) -> list[t
 
 
 class ParallelTransformer(nn.Module):
-    """The stack of layers and the final LayerNorm (Megatron's ``encoder``)."""
+    """The stack of layers and the final LayerNorm (Megatron's ``encoder``).
+
+    After each forward ``moe_loss`` holds the sum of the MoE layers' load-balancing losses (None without
+    MoE layers). Recomputed chunks return those losses as outputs, so that their gradient survives
+    recomputation.
+    """
 
     def __init__(
-        self, config: ModelConfig, context: ParallelContext, seed: int, recompute_config: RecomputeConfig
+        self,
+        config: ModelConfig,
+        context: ParallelContext,
+        seed: int,
+        recompute_config: RecomputeConfig,
+        moe: MoEConfig | None = None,
+        causal: bool = True,
     ):
         super().__init__()
         selective = recompute_config.granularity == "selective"
         self.layers = nn.ModuleList(
-            ParallelTransformerLayer(config, context, number, seed, recompute_core=selective)
+            ParallelTransformerLayer(
+                config, context, number, seed, recompute_core=selective, moe=moe, causal=causal
+            )
             for number in range(config.num_layers)
         )
+        self.moe_loss: torch.Tensor | None = None
         self.recompute_chunks = recompute_plan(recompute_config, config.num_layers)
         self.final_layernorm = LayerNorm(config.hidden_size, config.layernorm_epsilon, context)
         self.sequence_parallel = context.sequence_parallel
         self.hidden_dropout = config.hidden_dropout
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attention_mask``: for bidirectional layers (``causal`` False), True where a query may attend to
+        a key, broadcastable to ``[batch, heads, queries, keys]``; None attends everywhere."""
         # Under sequence parallelism dropout on this rank's part of the sequence must differ from the others'.
         with tensor_parallel_rng(active=self.sequence_parallel and self.training and self.hidden_dropout > 0):
-            return self.final_layernorm(self._layers(hidden))
+            return self.final_layernorm(self._layers(hidden, attention_mask))
 
-    def _layers(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         chunk_starts = (
             {start: stop for start, stop in self.recompute_chunks} if torch.is_grad_enabled() else {}
         )
-        index = 0
+        index, losses = 0, []
         while index < len(self.layers):
             stop = chunk_starts.get(index)
             if stop is None:
-                hidden = self.layers[index](hidden)
+                hidden = self.layers[index](hidden, attention_mask)
+                losses += moe_losses(self.layers[index : index + 1])
                 index += 1
             else:
-                hidden = recompute(self._run_range(index, stop), hidden)
+                outputs = recompute(self._run_range(index, stop, attention_mask), hidden)
+                # DeepSpeed's checkpoint returns a lone output as a tensor, several as a tuple.
+                hidden, *chunk_losses = (outputs,) if torch.is_tensor(outputs) else outputs
+                losses += chunk_losses
                 index = stop
+        self.moe_loss = torch.stack(losses).sum() if losses else None
         return hidden
 
-    def _run_range(self, start: int, stop: int):
-        def run(hidden: torch.Tensor) -> torch.Tensor:
+    def _run_range(self, start: int, stop: int, attention_mask: torch.Tensor | None = None):
+        def run(hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
             for layer in self.layers[start:stop]:
-                hidden = layer(hidden)
-            return hidden
+                hidden = layer(hidden, attention_mask)
+            return (hidden, *moe_losses(self.layers[start:stop]))
 
         return run

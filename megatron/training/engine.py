@@ -15,6 +15,7 @@ from torch import nn
 
 from megatron.config.schema import Config, RecomputeConfig
 from megatron.model.kernels import apply_kernels
+from megatron.model.moe import check_expert_groups, describe_moe
 from megatron.parallel.context import ParallelContext
 from megatron.parallel.random import configure_recomputation, seed_tensor_parallel_rng
 from megatron.training.grad_norm import clip_gradients_, mark_for_deepspeed_norm
@@ -128,6 +129,8 @@ def build_engine(config: Config, context: ParallelContext, model_provider: Model
     )
     logger.info("activation recomputation: %s", describe_recompute(config.recompute))
     logger.info("kernels: %s", apply_kernels(model, config.kernels))
+    if config.moe.enabled:
+        logger.info("mixture of experts: %s", describe_moe(config.moe))
     optimizer = build_optimizer(model, config.optimizer, "cuda" if torch.cuda.is_available() else "cpu")
     lr_scheduler = LRScheduler(
         optimizer, config.optimizer.lr, config.lr_schedule, config.batch.global_batch_size
@@ -141,9 +144,11 @@ def build_engine(config: Config, context: ParallelContext, model_provider: Model
         config=dict(config.deepspeed.ds_config),
         mpu=mpu,
     )
+    check_expert_groups(engine.module)
     unwrapped_optimizer = isinstance(engine.optimizer, torch.optim.Optimizer)
-    if is_pipeline and unwrapped_optimizer:
-        # DeepSpeed's fp32 clipping miscounts pipeline stages (see megatron.training.grad_norm).
+    if (is_pipeline or config.moe.enabled) and unwrapped_optimizer:
+        # DeepSpeed's fp32 clipping miscounts pipeline stages, and averages per-rank norms where expert
+        # parallelism gives each rank other experts (see megatron.training.grad_norm).
         engine.clip_fp32_gradients = partial(
             clip_gradients_, list(engine.module.parameters()), engine.gradient_clipping(), context
         )

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
+from deepspeed.moe.utils import is_moe_param
+from deepspeed.utils import groups
 from torch import nn
 
 from megatron.parallel.context import ParallelContext
@@ -25,19 +27,28 @@ def _counted(param: nn.Parameter) -> bool:
 
 def gradient_norm(parameters: Iterable[nn.Parameter], context: ParallelContext) -> torch.Tensor:
     """L2 norm of all gradients of the model: split parameters summed over the tensor-parallel group,
-    replicated ones counted once, stages summed over the pipeline group. Stays on the device."""
+    replicated ones counted once, stages summed over the pipeline group, MoE experts summed over their
+    expert-parallel group (each rank holds its own experts). Stays on the device."""
     parameters = [p for p in parameters if _counted(p)]
     device = parameters[0].device
     split, replicated = torch.zeros((), device=device), torch.zeros((), device=device)
+    experts: dict[str, torch.Tensor] = {}
     for param in parameters:
         square = param.grad.detach().float().pow(2).sum()
-        if getattr(param, "tensor_model_parallel", False):
+        if is_moe_param(param):
+            experts[param.group_name] = experts.get(param.group_name, 0.0) + square
+        elif getattr(param, "tensor_model_parallel", False):
             split += square
         else:
             replicated += square
     if context.tensor_size > 1:
         dist.all_reduce(split, group=context.tensor_group)
     total = split + replicated
+    for name in sorted(experts):  # the same order on every rank
+        group = groups._get_expert_parallel_group(name)
+        if dist.get_world_size(group) > 1:
+            dist.all_reduce(experts[name], group=group)
+        total = total + experts[name]
     if context.pipeline_size > 1:
         dist.all_reduce(total, group=context.pipeline_group)
     return total.sqrt()

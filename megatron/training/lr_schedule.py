@@ -2,6 +2,8 @@
 
 Progress is counted in samples in both of Megatron's modes (iteration lengths are multiplied by the global
 batch size), so that a batch-size ramp-up moves through the schedule by the samples it actually consumed.
+With Megatron-DeepSpeed's ``--lr-warmup-tokens`` / ``--lr-decay-tokens`` that phase counts consumed tokens
+instead; a token decay after a sample warmup starts from the tokens consumed when the warmup ended.
 """
 
 from __future__ import annotations
@@ -26,29 +28,47 @@ class LRScheduler:
             assert schedule.decay_samples is not None, "validated config sets decay_iters or decay_samples"
             self.warmup_samples = schedule.warmup_samples
             self.decay_samples = schedule.decay_samples
+        self.warmup_tokens = schedule.warmup_tokens
+        self.decay_tokens = schedule.decay_tokens
         self.num_samples = 0
+        self.num_tokens = 0
+        # Where a token decay starts after a sample warmup: the tokens consumed when the warmup ended.
+        self.warmup_end_tokens = 0 if self.warmup_samples == 0 else None
         self._apply()
 
-    def lr_at(self, num_samples: int) -> float:
-        if self.warmup_samples > 0 and num_samples <= self.warmup_samples:
+    def lr_at(self, num_samples: int, num_tokens: int = 0) -> float:
+        if self.warmup_tokens is not None:
+            if self.warmup_tokens > 0 and num_tokens <= self.warmup_tokens:
+                return self.max_lr * num_tokens / self.warmup_tokens
+        elif self.warmup_samples > 0 and num_samples <= self.warmup_samples:
             return self.max_lr * num_samples / self.warmup_samples
         if self.decay_style == "constant":
             return self.max_lr
-        if num_samples > self.decay_samples:
+        if self.decay_tokens is not None:
+            start = self.warmup_tokens if self.warmup_tokens is not None else self.warmup_end_tokens or 0
+            if num_tokens > self.decay_tokens:
+                return self.min_lr
+            progress = (num_tokens - start) / max(1, self.decay_tokens - start)
+        elif num_samples > self.decay_samples:
             return self.min_lr
-        progress = (num_samples - self.warmup_samples) / max(1, self.decay_samples - self.warmup_samples)
+        else:
+            progress = (num_samples - self.warmup_samples) / max(1, self.decay_samples - self.warmup_samples)
         if self.decay_style == "linear":
             coefficient = 1.0 - progress
         else:
             coefficient = 0.5 * (math.cos(math.pi * progress) + 1.0)
         return self.min_lr + coefficient * (self.max_lr - self.min_lr)
 
-    def step(self, increment: int) -> None:
+    def step(self, increment: int, tokens: int = 0) -> None:
+        """After an applied update that consumed ``increment`` samples holding ``tokens`` tokens."""
         self.num_samples += increment
+        self.num_tokens += tokens
+        if self.warmup_end_tokens is None and self.num_samples >= self.warmup_samples:
+            self.warmup_end_tokens = self.num_tokens
         self._apply()
 
     def get_lr(self) -> float:
-        return self.lr_at(self.num_samples)
+        return self.lr_at(self.num_samples, self.num_tokens)
 
     def _apply(self) -> None:
         lr = self.get_lr()
@@ -56,8 +76,16 @@ class LRScheduler:
             group["lr"] = lr
 
     def state_dict(self) -> dict:
-        return {"num_samples": self.num_samples, "max_lr": self.max_lr, "min_lr": self.min_lr}
+        return {
+            "num_samples": self.num_samples,
+            "num_tokens": self.num_tokens,
+            "warmup_end_tokens": self.warmup_end_tokens,
+            "max_lr": self.max_lr,
+            "min_lr": self.min_lr,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.num_samples = int(state["num_samples"])
+        self.num_tokens = int(state.get("num_tokens", 0))
+        self.warmup_end_tokens = state.get("warmup_end_tokens", self.warmup_end_tokens)
         self._apply()

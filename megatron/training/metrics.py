@@ -69,7 +69,9 @@ def format_log_line(fields: dict[str, Any]) -> str:
             parts.append(f"iteration {value}")
         elif isinstance(value, float):
             parts.append(
-                f"{name}: {value:.6E}" if name in ("learning rate", "lm loss") else f"{name}: {value:.3f}"
+                f"{name}: {value:.6E}"
+                if name in ("learning rate", "lm loss", "moe loss")
+                else f"{name}: {value:.3f}"
             )
         else:
             parts.append(f"{name}: {value}")

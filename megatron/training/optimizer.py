@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from deepspeed.moe.utils import is_moe_param, split_params_into_different_moe_groups_for_optimizer
 from torch import nn
 
 from megatron.config.schema import OptimizerConfig
@@ -13,15 +14,23 @@ logger = logging.getLogger(__name__)
 
 
 def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Biases and LayerNorm weights (all one-dimensional parameters) get no weight decay, as in Megatron."""
+    """Biases and LayerNorm weights (all one-dimensional parameters) get no weight decay, as in Megatron.
+
+    MoE expert parameters go into groups of their own (marked ``moe``, one per expert-parallel size), as
+    DeepSpeed's ZeRO optimizers require, with the same weight-decay rule.
+    """
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.dim() == 1 else decay).append(param)
-    return [
+    groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if not any(is_moe_param(param) for param in decay + no_decay):
+        return groups
+    named = [{**groups[0], "name": "decay"}, {**groups[1], "name": "no_decay"}]
+    return [group for group in split_params_into_different_moe_groups_for_optimizer(named) if group["params"]]
 
 
 def build_optimizer(model: nn.Module, config: OptimizerConfig, device_type: str) -> torch.optim.Optimizer:

@@ -12,17 +12,17 @@ import torch
 
 from megatron.checkpointing import TrainState, load_checkpoint, save_checkpoint
 from megatron.config.schema import Config
-from megatron.data.gpt_dataset import build_train_valid_test_datasets
 from megatron.data.samplers import build_pretraining_data_loader
 from megatron.parallel.context import ParallelContext
 from megatron.training.batch_schedule import global_batch_size_at
+from megatron.training.curriculum import SeqLengthCurriculum
+from megatron.training.data_provider import DataProvider, GPTData
 from megatron.training.distributed import DistributedContext, all_reduce_mean, any_rank
 from megatron.training.engine import ModelProvider, build_engine
 from megatron.training.metrics import MetricsWriter, format_duration, format_log_line
 from megatron.training.step import (
     Batch,
     evaluate,
-    make_batch,
     pipeline_evaluate,
     pipeline_train_step,
     train_step,
@@ -53,8 +53,9 @@ def cycle_batches(loader, to_batch: Callable[[dict], Batch]) -> Iterator[Batch]:
             yield to_batch(sample)
 
 
-def train_batches(loader, to_batch: Callable[[dict], Batch]) -> Iterator[Batch]:
-    for sample in loader:
+def train_batches(samples: Iterator[dict], to_batch: Callable[[dict], Batch]) -> Iterator[Batch]:
+    """Batches from the shared sample iterator, taken one at a time as the step asks for them."""
+    for sample in samples:
         yield to_batch(sample)
 
 
@@ -68,11 +69,14 @@ class Pretraining:
         parallel: ParallelContext,
         model_provider: ModelProvider,
         eod: int,
+        data: DataProvider | None = None,
     ):
+        """``data`` is the model family's datasets and batches (GPT's, with ``eod``, when None)."""
         self.config = config
         self.context = context
         self.parallel = parallel
         self.eod = eod
+        self.data = data or GPTData(eod, config.data.eod_mask_loss)
         batch = config.batch
         logger.info(
             "batch: global batch size: %d, micro batch size: %d, data-parallel size: %d, "
@@ -93,18 +97,14 @@ class Pretraining:
             )
         self.metrics = MetricsWriter(config, context.is_main)
         self.start_time = time.time()
+        self.curriculum = SeqLengthCurriculum(config.curriculum) if config.curriculum else None
+        # The sequence length the pipeline engine's buffers were last shaped for (curriculum only).
+        self._pipeline_seq_length = config.model.seq_length
         self._build_data()
 
     def _build_data(self) -> None:
         config = self.config
-        train, valid, _ = build_train_valid_test_datasets(
-            config.data.data_path,
-            config.data.split,
-            dataset_sample_counts(config),
-            config.model.seq_length,
-            config.seed,
-            cache_dir=config.data.data_cache_path,
-        )
+        train, valid, _ = self.data.build_datasets(config, dataset_sample_counts(config))
         if train is None:
             raise ValueError(
                 f"--split {config.data.split} leaves no training data; give the first part a weight"
@@ -115,19 +115,30 @@ class Pretraining:
             data_parallel_size=self.parallel.data_size,
             num_workers=config.data.num_workers,
         )
-        device, eod_mask = self.context.device, config.data.eod_mask_loss
+        device = self.context.device
 
-        def to_batch(sample: dict) -> Batch:
-            return make_batch(sample, device, self.eod, eod_mask, self.parallel)
+        def to_batch(sample: dict, seq_length: int | None = None) -> Batch:
+            return self.data.make_batch(sample, device, self.parallel, seq_length)
 
+        self._to_batch = to_batch
         train_loader = build_pretraining_data_loader(train, self.state.consumed_train_samples, **loader_args)
-        self.train_batches = train_batches(train_loader, to_batch)
+        self.train_samples = iter(train_loader)
         self.valid_batches = None
         if valid is not None and config.logging.eval_iters > 0:
             valid_loader = build_pretraining_data_loader(
                 valid, self.state.consumed_valid_samples, **loader_args
             )
             self.valid_batches = cycle_batches(valid_loader, to_batch)
+
+    def _train_batches(self, seq_length: int | None) -> Iterator[Batch]:
+        """This iteration's micro batches, cut to ``seq_length`` tokens under a curriculum."""
+        return train_batches(self.train_samples, lambda sample: self._to_batch(sample, seq_length))
+
+    def _shape_pipeline_for(self, seq_length: int) -> None:
+        """DeepSpeed's pipeline engine keeps its inter-stage buffers for one shape; reset them on a change."""
+        if self.is_pipeline and seq_length != self._pipeline_seq_length:
+            self.engine.reset_activation_shape()
+            self._pipeline_seq_length = seq_length
 
     def _finished(self) -> bool:
         duration = self.config.duration
@@ -151,22 +162,24 @@ class Pretraining:
             if global_batch != self.engine.train_batch_size():
                 self.engine.set_train_batch_size(global_batch)
             micro_batches = global_batch // (batch_config.micro_batch_size * batch_config.data_parallel_size)
+            seq_length = self.curriculum.seq_length_at(state.iteration + 1) if self.curriculum else None
+            batches = self._train_batches(seq_length)
             if self.is_pipeline:
-                result = pipeline_train_step(self.engine, self.train_batches)
+                self._shape_pipeline_for(seq_length or tokens_per_sample)
+                result = pipeline_train_step(self.engine, batches)
             else:
-                result = train_step(
-                    self.engine, self.train_batches, micro_batches, self.parallel, self.own_grad_norm
-                )
+                result = train_step(self.engine, batches, micro_batches, self.parallel, self.own_grad_norm)
             state.iteration += 1
             state.consumed_train_samples += global_batch
+            tokens = global_batch * (seq_length or tokens_per_sample)
             if result.update_applied:
-                self.lr_scheduler.step(global_batch)
+                self.lr_scheduler.step(global_batch, tokens)
             else:
                 state.skipped_iterations += 1
-            window.add(result, global_batch)
+            window.add(result, global_batch, tokens, seq_length)
 
             if state.iteration % config.logging.log_interval == 0:
-                self._log(window, global_batch, tokens_per_sample, flops, state.iteration - first_iteration)
+                self._log(window, global_batch, flops, state.iteration - first_iteration)
                 window = _LogWindow(self.context.device)
             if self.valid_batches is not None and state.iteration % config.logging.eval_interval == 0:
                 self._evaluate(f"iteration {state.iteration}")
@@ -214,6 +227,7 @@ class Pretraining:
             config.batch.micro_batch_size * config.batch.data_parallel_size
         )
         evaluate_fn = pipeline_evaluate if self.is_pipeline else evaluate
+        self._shape_pipeline_for(config.model.seq_length)
         loss = all_reduce_mean(
             evaluate_fn(self.engine, self.valid_batches, micro_batches * config.logging.eval_iters)
         )
@@ -227,18 +241,17 @@ class Pretraining:
             self.state.consumed_train_samples,
         )
 
-    def _log(
-        self, window: _LogWindow, global_batch: int, tokens_per_sample: int, flops: float, iterations_run: int
-    ) -> None:
+    def _log(self, window: _LogWindow, global_batch: int, flops: float, iterations_run: int) -> None:
         state = self.state
         elapsed = window.elapsed()
         loss = all_reduce_mean(window.loss_sum / window.iterations).item()
         samples_per_second = window.samples / elapsed
-        tokens_per_second = samples_per_second * tokens_per_sample
+        tokens_per_second = window.tokens / elapsed
         tflops = tokens_per_second * flops / self.context.world_size / 1e12
         grad_norm = window.last_grad_norm()
         target = self._target_iterations()
         seconds_per_iteration = (time.time() - self.start_time) / max(1, iterations_run)
+        extra = self._extra_fields(window)
         fields = {
             "iteration": f"{state.iteration:8d}/{target:8d} ({100.0 * state.iteration / target:5.1f}%)",
             "consumed samples": f"{state.consumed_train_samples:12d}",
@@ -246,6 +259,7 @@ class Pretraining:
             "learning rate": self.lr_scheduler.get_lr(),
             "global batch size": f"{global_batch:5d}",
             "lm loss": loss,
+            **extra,
             "loss scale": _loss_scale(self.engine.optimizer),
             "grad norm": grad_norm if grad_norm is not None else float("nan"),
             "number of skipped iterations": f"{window.skipped:3d}",
@@ -260,6 +274,7 @@ class Pretraining:
         self.metrics.scalars(
             {
                 "lm loss": loss,
+                **{name: float(value) for name, value in extra.items()},
                 "learning rate": fields["learning rate"],
                 "grad norm": fields["grad norm"],
                 "loss scale": fields["loss scale"],
@@ -273,6 +288,18 @@ class Pretraining:
             state.consumed_train_samples,
         )
 
+    def _extra_fields(self, window: _LogWindow) -> dict:
+        """Megatron-DeepSpeed's additions to the log line: the MoE loss (mean over the window and the
+        ranks) and the curriculum's sequence length at the window's last iteration."""
+        fields = {}
+        if window.moe_loss_sum is not None:
+            # The model's second loss: MoE's load balancing, or BERT's sentence order ("sop loss").
+            name = getattr(self.engine.module, "aux_loss_name", "moe loss")
+            fields[name] = all_reduce_mean(window.moe_loss_sum / window.iterations).item()
+        if window.seq_length is not None:
+            fields["curriculum seqlen"] = f"{window.seq_length:5d}"
+        return fields
+
 
 class _LogWindow:
     """Accumulates one log interval's figures on the device so the step itself never waits on the host."""
@@ -283,15 +310,22 @@ class _LogWindow:
         self.nan_count = torch.zeros((), device=device)
         self.iterations = 0
         self.samples = 0
+        self.tokens = 0
         self.skipped = 0
         self.grad_norm = None
+        self.moe_loss_sum = None
+        self.seq_length = None
 
-    def add(self, result, global_batch: int) -> None:
+    def add(self, result, global_batch: int, tokens: int, seq_length: int | None = None) -> None:
         finite = torch.isfinite(result.loss)
         self.loss_sum += torch.where(finite, result.loss, torch.zeros_like(result.loss))
         self.nan_count += (~finite).float()
+        if result.moe_loss is not None:
+            self.moe_loss_sum = result.moe_loss + (0.0 if self.moe_loss_sum is None else self.moe_loss_sum)
         self.iterations += 1
         self.samples += global_batch
+        self.tokens += tokens
+        self.seq_length = seq_length
         self.skipped += 0 if result.update_applied else 1
         self.grad_norm = result.grad_norm
 

@@ -1,0 +1,58 @@
+"""What the training loop needs from a model family's data: its datasets, and batches for its model.
+
+:class:`megatron.training.pretrain.Pretraining` is the same loop for GPT, BERT and T5; only this differs.
+A provider builds the train/valid/test datasets from the config and turns a collated micro batch (a dict of
+LongTensors, one per field of the samples) into a batch whose ``model_inputs()`` are the positional
+arguments of the model's forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from megatron.config.schema import Config
+from megatron.data.gpt_dataset import build_train_valid_test_datasets
+from megatron.parallel.context import ParallelContext
+from megatron.training.step import Batch, make_batch
+
+Datasets = tuple[
+    torch.utils.data.Dataset | None, torch.utils.data.Dataset | None, torch.utils.data.Dataset | None
+]
+
+
+class ModelBatch(Protocol):
+    def model_inputs(self) -> tuple: ...
+
+
+class DataProvider(Protocol):
+    def build_datasets(self, config: Config, num_samples: tuple[int, int, int]) -> Datasets: ...
+
+    def make_batch(
+        self, sample: dict, device: torch.device, parallel: ParallelContext, seq_length: int | None = None
+    ) -> ModelBatch: ...
+
+
+@dataclass(frozen=True)
+class GPTData:
+    """GPT: fixed-length token windows of the document stream, next-token labels."""
+
+    eod: int
+    eod_mask_loss: bool = False
+
+    def build_datasets(self, config: Config, num_samples: tuple[int, int, int]) -> Datasets:
+        return build_train_valid_test_datasets(
+            config.data.data_path,
+            config.data.split,
+            num_samples,
+            config.model.seq_length,
+            config.seed,
+            cache_dir=config.data.data_cache_path,
+        )
+
+    def make_batch(
+        self, sample: dict, device: torch.device, parallel: ParallelContext, seq_length: int | None = None
+    ) -> Batch:
+        return make_batch(sample, device, self.eod, self.eod_mask_loss, parallel, seq_length)

@@ -1,0 +1,146 @@
+"""BERT's and T5's data for the training loop: their datasets and the batches their models take.
+
+Both read corpora preprocessed with ``--split-sentences`` (:mod:`megatron.data.sentence_samples`); the
+model forward arguments are those of :class:`megatron.model.bert.BertModel` and
+:class:`megatron.model.t5.T5Model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from megatron.config.schema import Config, MaskedLMConfig
+from megatron.data.bert_dataset import BertDataset
+from megatron.data.sentence_samples import build_split_datasets
+from megatron.data.t5_dataset import T5Dataset
+from megatron.parallel.context import ParallelContext
+from megatron.training.data_provider import Datasets
+
+
+@dataclass(frozen=True)
+class BertBatch:
+    tokens: torch.Tensor
+    padding_mask: torch.Tensor
+    tokentype_ids: torch.Tensor
+    labels: torch.Tensor
+    loss_mask: torch.Tensor
+    sentence_order: torch.Tensor | None
+
+    def model_inputs(self) -> tuple:
+        return (
+            self.tokens,
+            self.padding_mask,
+            self.tokentype_ids,
+            self.labels,
+            self.loss_mask,
+            self.sentence_order,
+        )
+
+
+@dataclass(frozen=True)
+class T5Batch:
+    encoder_tokens: torch.Tensor
+    decoder_tokens: torch.Tensor
+    encoder_padding_mask: torch.Tensor
+    labels: torch.Tensor
+    loss_mask: torch.Tensor
+
+    def model_inputs(self) -> tuple:
+        return (
+            self.encoder_tokens,
+            self.decoder_tokens,
+            self.encoder_padding_mask,
+            self.labels,
+            self.loss_mask,
+        )
+
+
+@dataclass(frozen=True)
+class BertData:
+    tokenizer: object
+    masked_lm: MaskedLMConfig
+
+    def build_datasets(self, config: Config, num_samples: tuple[int, int, int]) -> Datasets:
+        settings = self.masked_lm
+
+        def factory(name, indexed, documents, samples):
+            return BertDataset(
+                name,
+                indexed,
+                documents,
+                samples,
+                config.model.seq_length,
+                settings.mask_prob,
+                settings.short_seq_prob,
+                settings.binary_head,
+                self.tokenizer,
+                config.seed,
+                config.data.data_cache_path,
+            )
+
+        return tuple(
+            build_split_datasets(
+                config.data.data_path, config.data.split, num_samples, factory, config.data.data_cache_path
+            )
+        )
+
+    def make_batch(
+        self, sample: dict, device: torch.device, parallel: ParallelContext, seq_length: int | None = None
+    ) -> BertBatch:
+        def get(key: str) -> torch.Tensor:
+            return sample[key].to(device, non_blocking=True)
+
+        return BertBatch(
+            tokens=get("text"),
+            padding_mask=get("padding_mask"),
+            tokentype_ids=get("types"),
+            labels=get("labels"),
+            loss_mask=get("loss_mask").float(),
+            sentence_order=get("is_random") if self.masked_lm.binary_head else None,
+        )
+
+
+@dataclass(frozen=True)
+class T5Data:
+    tokenizer: object
+    masked_lm: MaskedLMConfig
+
+    def build_datasets(self, config: Config, num_samples: tuple[int, int, int]) -> Datasets:
+        settings = self.masked_lm
+
+        def factory(name, indexed, documents, samples):
+            return T5Dataset(
+                name,
+                indexed,
+                documents,
+                samples,
+                config.model.seq_length,
+                settings.decoder_seq_length,
+                settings.mask_prob,
+                settings.short_seq_prob,
+                self.tokenizer,
+                config.seed,
+                config.data.data_cache_path,
+            )
+
+        return tuple(
+            build_split_datasets(
+                config.data.data_path, config.data.split, num_samples, factory, config.data.data_cache_path
+            )
+        )
+
+    def make_batch(
+        self, sample: dict, device: torch.device, parallel: ParallelContext, seq_length: int | None = None
+    ) -> T5Batch:
+        def get(key: str) -> torch.Tensor:
+            return sample[key].to(device, non_blocking=True)
+
+        return T5Batch(
+            encoder_tokens=get("text_enc"),
+            decoder_tokens=get("text_dec"),
+            encoder_padding_mask=get("enc_mask"),
+            labels=get("labels"),
+            loss_mask=get("loss_mask").float(),
+        )
