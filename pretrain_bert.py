@@ -2,8 +2,8 @@
 
 Masked-LM plus sentence-order prediction (``--bert-no-binary-head``: masked-LM only) on a corpus
 preprocessed with ``tools/preprocess_data.py --split-sentences``, through the same engine, parallel layouts
-(tensor and data parallel, ZeRO 0-3) and checkpoints as GPT. All flags are checked before any process group
-starts.
+(tensor, pipeline and data parallel; ZeRO 0-3, 0-1 with pipeline stages) and checkpoints as GPT. All flags
+are checked before any process group starts.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from megatron.config.schema import Config
 from megatron.data.sentence_samples import check_sentence_prefixes
 from megatron.data.tokenizer import build_tokenizer
 from megatron.model.bert import BertModel
+from megatron.model.bert_pipe import bert_pipeline_module
 from megatron.parallel.context import ParallelContext, parallel_context_for
 from megatron.training.distributed import initialize_distributed
 from megatron.training.entry import run_cli
@@ -27,9 +28,18 @@ from megatron.training.pretrain import Pretraining
 
 
 def bert_model_provider(config: Config, context: ParallelContext) -> nn.Module:
-    return BertModel(
-        config.model, context, config.seed, config.recompute, binary_head=config.masked_lm.binary_head
-    )
+    """The plain BERT, or its pipeline-stage form when it spans several stages."""
+    binary_head = config.masked_lm.binary_head
+    if config.parallel.pipeline_model_parallel_size > 1:
+        return bert_pipeline_module(
+            config.model,
+            context,
+            config.seed,
+            config.recompute,
+            config.parallel.pipeline_partition_method,
+            binary_head,
+        )
+    return BertModel(config.model, context, config.seed, config.recompute, binary_head=binary_head)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,8 +7,9 @@ This is the one module that knows the file names DeepSpeed's engines write for M
     DIR/global_stepN/mp_rank_XX_model_states.pt per (stage, tensor rank), XX = stage x T + tensor rank:
         DeepSpeed's keys and our client state; with P = 1 also "module", the rank's GPTModel state dict
     DIR/global_stepN/layer_LL-model_TT-model_states.pt   P > 1 only: pipeline layer LL of tensor rank TT
-        (0: embedding, 1..L: transformer layers, L + 1: final LayerNorm; the tied output layer on the last
-        stage is not saved, DeepSpeed copies it from the first stage on loading)
+        (0: embedding, 1..L: transformer layers, L + 1: final LayerNorm; the tied output layer L + 2 on the
+        last stage is not saved, DeepSpeed copies it from the first stage on loading; BERT adds its heads,
+        L + 3)
     DIR/global_stepN/zero_pp_rank_D_mp_rank_XX_optim_states.pt   ZeRO optimizer shards
 
 Every model-state file loads with ``torch.load(weights_only=True)``: DeepSpeed's keys are plain values and
@@ -46,6 +47,9 @@ CONVERTED_FROM = "converted_from"
 EMBEDDING_PREFIX = "language_model.embedding."
 LAYER_PREFIX = "language_model.encoder.layers.{}."
 FINAL_LAYERNORM_PREFIX = "language_model.encoder.final_layernorm."
+# BERT's heads layer keeps the full model's names (``lm_head.``, ``binary_head.``,
+# ``language_model.pooler.``), so it takes whatever the layers before it leave.
+BERT_HEADS_PREFIX = ""
 
 
 def checkpoint_tag(iteration: int) -> str:
@@ -70,10 +74,20 @@ def layer_states_name(layer_index: int, tensor_rank: int) -> str:
     return f"layer_{layer_index:02d}-model_{tensor_rank:02d}-model_states.pt"
 
 
-def pipeline_layer_prefixes(num_layers: int) -> list[tuple[int, str]]:
-    """(pipeline layer index, full-model key prefix) of every pipeline layer that has a file."""
+def has_bert_heads(config: dict) -> bool:
+    """Whether the saved run (``config``, the saved ``dataclasses.asdict(Config)``) is a BERT, whose
+    pipeline has a heads layer (:mod:`megatron.model.bert_pipe`)."""
+    return (config.get("masked_lm") or {}).get("model_type") == "bert"
+
+
+def pipeline_layer_prefixes(num_layers: int, bert_heads: bool = False) -> list[tuple[int, str]]:
+    """(pipeline layer index, full-model key prefix) of every pipeline layer that has a file, in the order
+    the keys are taken (BERT's heads last)."""
     layers = [(number + 1, LAYER_PREFIX.format(number)) for number in range(num_layers)]
-    return [(0, EMBEDDING_PREFIX), *layers, (num_layers + 1, FINAL_LAYERNORM_PREFIX)]
+    prefixes = [(0, EMBEDDING_PREFIX), *layers, (num_layers + 1, FINAL_LAYERNORM_PREFIX)]
+    if bert_heads:
+        prefixes.append((num_layers + 3, BERT_HEADS_PREFIX))
+    return prefixes
 
 
 def engine_parameter_prefixes(num_layers: int) -> list[tuple[str, str]]:
@@ -86,7 +100,9 @@ def engine_parameter_prefixes(num_layers: int) -> list[tuple[str, str]]:
     ]
 
 
-def required_files(tensor_size: int, pipeline_size: int, num_layers: int) -> list[str]:
+def required_files(
+    tensor_size: int, pipeline_size: int, num_layers: int, bert_heads: bool = False
+) -> list[str]:
     """The model-state files (names inside the tag folder) a checkpoint of this layout consists of."""
     names = [
         model_states_name(model_rank(stage, tensor, tensor_size))
@@ -96,7 +112,7 @@ def required_files(tensor_size: int, pipeline_size: int, num_layers: int) -> lis
     if pipeline_size > 1:
         names += [
             layer_states_name(index, tensor)
-            for index, _ in pipeline_layer_prefixes(num_layers)
+            for index, _ in pipeline_layer_prefixes(num_layers, bert_heads)
             for tensor in range(tensor_size)
         ]
     return names
@@ -201,7 +217,8 @@ def read_full_model(load_dir: str, tag: str | None = None) -> FullModel:
     tensor_size = config["parallel"]["tensor_model_parallel_size"]
     pipeline_size = config["parallel"]["pipeline_model_parallel_size"]
     num_layers = config["model"]["num_layers"]
-    needed = required_files(tensor_size, pipeline_size, num_layers)
+    bert_heads = has_bert_heads(config)
+    needed = required_files(tensor_size, pipeline_size, num_layers, bert_heads)
     missing = [name for name in needed if not os.path.isfile(os.path.join(folder, name))]
     if missing:
         raise ConfigError(
@@ -210,7 +227,7 @@ def read_full_model(load_dir: str, tag: str | None = None) -> FullModel:
             "checkpoint is incomplete. Point at a complete checkpoint."
         )
     shards = [
-        _read_tensor_rank(folder, tensor, tensor_size, pipeline_size, num_layers)
+        _read_tensor_rank(folder, tensor, tensor_size, pipeline_size, num_layers, bert_heads)
         for tensor in range(tensor_size)
     ]
     return FullModel(
@@ -227,7 +244,7 @@ def read_full_model(load_dir: str, tag: str | None = None) -> FullModel:
 
 
 def _read_tensor_rank(
-    folder: str, tensor: int, tensor_size: int, pipeline_size: int, num_layers: int
+    folder: str, tensor: int, tensor_size: int, pipeline_size: int, num_layers: int, bert_heads: bool
 ) -> dict[str, torch.Tensor]:
     """One tensor rank's weights under the full model's names, from all its pipeline stages."""
     if pipeline_size == 1:
@@ -237,7 +254,7 @@ def _read_tensor_rank(
             raise ConfigError(f"{path} holds no model weights ('module'); the checkpoint is damaged.")
         return dict(module)
     state = {}
-    for index, prefix in pipeline_layer_prefixes(num_layers):
+    for index, prefix in pipeline_layer_prefixes(num_layers, bert_heads):
         layer = load_file(os.path.join(folder, layer_states_name(index, tensor)))
         state.update({prefix + key: value for key, value in layer.items()})
     return state
@@ -260,11 +277,11 @@ def write_model_checkpoint(
     """
     model = full.config["model"]
     reshape.check_target_layout(model, tensor_size, pipeline_size)
-    masked_lm = full.config.get("masked_lm")
-    if masked_lm and pipeline_size > 1:
+    masked_lm = full.config.get("masked_lm") or {}
+    if masked_lm.get("model_type") == "t5" and pipeline_size > 1:
         raise ConfigError(
-            f"{reshape.TARGET_P_FLAG} {pipeline_size}: the checkpoint is a "
-            f"{masked_lm['model_type'].upper()}, which trains without pipeline parallelism (GPT only); use 1."
+            f"{reshape.TARGET_P_FLAG} {pipeline_size}: the checkpoint is a T5, which trains without "
+            "pipeline parallelism (GPT and BERT only); use 1."
         )
     padded = reshape.target_padded_vocab_size(full.config, full.tensor_size, tensor_size, true_vocab_size)
     shards = reshape.split_tensor_parallel(reshape.repad_vocab(full.state_dict, padded), tensor_size)
@@ -282,7 +299,7 @@ def write_model_checkpoint(
             torch.save({**client, "module": shard}, os.path.join(folder, model_states_name(tensor)))
     else:
         for tensor, shard in enumerate(shards):
-            _write_pipeline_layers(folder, shard, tensor, model["num_layers"])
+            _write_pipeline_layers(folder, shard, tensor, model["num_layers"], has_bert_heads(full.config))
         for stage in range(pipeline_size):
             for tensor in range(tensor_size):
                 name = model_states_name(model_rank(stage, tensor, tensor_size))
@@ -301,9 +318,11 @@ def write_model_checkpoint(
     return folder
 
 
-def _write_pipeline_layers(folder: str, shard: dict[str, torch.Tensor], tensor: int, num_layers: int) -> None:
+def _write_pipeline_layers(
+    folder: str, shard: dict[str, torch.Tensor], tensor: int, num_layers: int, bert_heads: bool
+) -> None:
     remaining = dict(shard)
-    for index, prefix in pipeline_layer_prefixes(num_layers):
+    for index, prefix in pipeline_layer_prefixes(num_layers, bert_heads):
         layer = {
             name[len(prefix) :]: remaining.pop(name) for name in list(remaining) if name.startswith(prefix)
         }

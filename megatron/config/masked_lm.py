@@ -149,14 +149,16 @@ def masked_lm_config(args: argparse.Namespace, model_type: str, model: ModelConf
 
 
 def check_masked_lm_parallel(masked_lm: MaskedLMConfig | None, parallel: ParallelConfig) -> None:
-    """BERT and T5 run tensor and data parallel (with any ZeRO stage); the rest is refused up front."""
+    """BERT runs tensor, pipeline and data parallel, T5 tensor and data parallel (ZeRO stages as for GPT:
+    any, or 0-1 with pipeline stages); the rest is refused up front."""
     if masked_lm is None:
         return
     name = f"{ENTRY_POINTS[masked_lm.model_type]} ({masked_lm.model_type.upper()})"
+    pipeline = parallel.pipeline_model_parallel_size
     refused = [
-        (parallel.pipeline_model_parallel_size > 1, "--pipeline-model-parallel-size "
-         f"{parallel.pipeline_model_parallel_size}: pipeline parallelism is implemented for GPT only",
-         "--pipeline-model-parallel-size 1 (tensor parallelism and ZeRO split the model instead)"),
+        (masked_lm.model_type == "t5" and pipeline > 1, f"--pipeline-model-parallel-size {pipeline}: "
+         "pipeline parallelism is implemented for GPT and BERT only", "--pipeline-model-parallel-size 1 "
+         "(tensor parallelism and ZeRO split the model instead)"),
         (parallel.ds_sequence_parallel_size > 1, "--ds-sequence-parallel-size "
          f"{parallel.ds_sequence_parallel_size}: DeepSpeed-Ulysses is implemented for GPT's causal attention "
          "only", "--ds-sequence-parallel-size 1"),

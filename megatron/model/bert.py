@@ -53,6 +53,17 @@ def padding_attention_mask(padding_mask: torch.Tensor) -> torch.Tensor:
     return padding_mask.bool()[:, None, None, :]
 
 
+def sentence_order_head(config: ModelConfig, seed: int) -> nn.Linear:
+    """``binary_head``: two logits from the pooled [CLS] state (is segment B the one that followed A?)."""
+    generator = init_generator(seed, BINARY_HEAD_INIT_PATH)
+    return replicated_linear(config.hidden_size, 2, config.init_method_std, generator)
+
+
+def sentence_order_loss(binary_logits: torch.Tensor, sentence_order: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy in float32; -1 marks a sample without a sentence-order target, as in Megatron."""
+    return F.cross_entropy(binary_logits.float(), sentence_order, ignore_index=-1)
+
+
 class Pooler(nn.Module):
     """``tanh(dense(h))`` of the first ([CLS]) token."""
 
@@ -137,10 +148,7 @@ class BertModel(nn.Module):
             config, self.context, seed, recompute or RecomputeConfig(), add_pooler=binary_head
         )
         self.lm_head = BertLMHead(config, self.context, seed)
-        self.binary_head = None
-        if binary_head:
-            generator = init_generator(seed, BINARY_HEAD_INIT_PATH)
-            self.binary_head = replicated_linear(config.hidden_size, 2, config.init_method_std, generator)
+        self.binary_head = sentence_order_head(config, seed) if binary_head else None
 
     @property
     def transformer_layers(self) -> nn.ModuleList:
@@ -167,5 +175,4 @@ class BertModel(nn.Module):
         lm_loss = language_model_loss(lm_logits, lm_labels, loss_mask, self.context)
         if binary_logits is None or sentence_order is None:
             return lm_loss
-        # -1 marks a sample without a sentence-order target, as in Megatron.
-        return lm_loss, F.cross_entropy(binary_logits.float(), sentence_order, ignore_index=-1)
+        return lm_loss, sentence_order_loss(binary_logits, sentence_order)

@@ -3,7 +3,8 @@
 :class:`megatron.training.pretrain.Pretraining` is the same loop for GPT, BERT and T5; only this differs.
 A provider builds the train/valid/test datasets from the config and turns a collated micro batch (a dict of
 LongTensors, one per field of the samples) into a batch whose ``model_inputs()`` are the positional
-arguments of the model's forward.
+arguments of the model's forward; the batches of a family that runs pipeline-parallel (GPT, BERT) also give
+``pipeline_inputs()``, the first stage's inputs and the last stage's loss labels.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from megatron.data.sentence_samples import build_split_datasets
 from megatron.data.t5_dataset import T5Dataset
 from megatron.parallel.context import ParallelContext
 from megatron.training.data_provider import Datasets
+from megatron.training.step import PipelineSample
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,13 @@ class BertBatch:
             self.loss_mask,
             self.sentence_order,
         )
+
+    def pipeline_inputs(self) -> PipelineSample:
+        """The first stage's inputs and the last stage's loss labels (:mod:`megatron.model.bert_pipe`)."""
+        labels = (self.labels, self.loss_mask)
+        if self.sentence_order is not None:
+            labels += (self.sentence_order,)
+        return (self.tokens, self.padding_mask, self.tokentype_ids), labels
 
 
 @dataclass(frozen=True)

@@ -68,9 +68,10 @@ def format_log_line(fields: dict[str, Any]) -> str:
         if name == "iteration":
             parts.append(f"iteration {value}")
         elif isinstance(value, float):
+            # Every loss (lm, moe, sop, BERT pipeline's "lm + sop loss") in full, as Megatron prints them.
             parts.append(
                 f"{name}: {value:.6E}"
-                if name in ("learning rate", "lm loss", "moe loss")
+                if name == "learning rate" or name.endswith(" loss")
                 else f"{name}: {value:.3f}"
             )
         else:

@@ -21,9 +21,9 @@ BERT_FLAGS = {
 T5_FLAGS = {**BERT_FLAGS, "--seq-length": None, "--encoder-seq-length": "128", "--vocab-extra-ids": "100"}
 
 
-def build(tmp_path, model_type: str, changes=None, world_size: int = 1):
+def build(tmp_path, model_type: str, changes=None, world_size: int = 1, zero_stage: int = 1):
     ds = tmp_path / "ds.json"
-    ds.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    ds.write_text(json.dumps({"zero_optimization": {"stage": zero_stage}}))
     base = BERT_FLAGS if model_type != "t5" else T5_FLAGS
     flags = {**base, "--deepspeed_config": str(ds), **(changes or {})}
     argv = []
@@ -82,20 +82,39 @@ def test_bad_values_name_the_flag(tmp_path, model_type, changes, message):
 
 
 @pytest.mark.parametrize(
-    ("changes", "message"),
+    ("changes", "zero_stage", "message"),
     [
-        ({"--pipeline-model-parallel-size": "2"},
-         r"pretrain_bert.py \(BERT\) with --pipeline-model-parallel-size 2: pipeline parallelism is "
-         r"implemented for GPT only; use --pipeline-model-parallel-size 1"),
-        ({"--ds-sequence-parallel-size": "2"}, r"\(BERT\) with --ds-sequence-parallel-size 2"),
-        ({"--tensor-model-parallel-size": "2", "--sequence-parallel": True},
+        ({"--ds-sequence-parallel-size": "2"}, 1, r"\(BERT\) with --ds-sequence-parallel-size 2"),
+        ({"--tensor-model-parallel-size": "2", "--sequence-parallel": True}, 1,
          r"\(BERT\) with --sequence-parallel"),
+        ({"--pipeline-model-parallel-size": "2"}, 2,
+         r"--pipeline-model-parallel-size 2 with ZeRO stage 2 .* Use --zero-stage 1"),
+        ({"--pipeline-model-parallel-size": "2"}, 3, r"--pipeline-model-parallel-size 2 with ZeRO stage 3"),
     ],
 )  # fmt: skip
-def test_unsupported_layouts_are_refused_up_front(tmp_path, changes, message):
+def test_unsupported_layouts_are_refused_up_front(tmp_path, changes, zero_stage, message):
     with pytest.raises(ConfigError, match=message):
-        build(tmp_path, "bert", changes, world_size=2)
+        build(tmp_path, "bert", changes, world_size=2, zero_stage=zero_stage)
     assert build(tmp_path, "bert", {"--tensor-model-parallel-size": "2"}, world_size=2).parallel
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_bert_runs_pipeline_parallel(tmp_path, zero_stage):
+    changes = {"--pipeline-model-parallel-size": "2", "--tensor-model-parallel-size": "2"}
+    config = build(tmp_path, "bert", changes, world_size=8, zero_stage=zero_stage)
+    assert config.parallel.pipeline_model_parallel_size == 2 and config.parallel.use_pipeline_engine
+    assert config.batch.data_parallel_size == 2
+    no_head = build(tmp_path, "bert", {**changes, "--bert-no-binary-head": True}, world_size=4)
+    assert no_head.parallel.pipeline_model_parallel_size == 2 and not no_head.masked_lm.binary_head
+
+
+def test_t5_pipeline_is_refused_with_what_to_use_instead(tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match=r"pretrain_t5.py \(T5\) with --pipeline-model-parallel-size 2: pipeline parallelism is "
+        r"implemented for GPT and BERT only; use --pipeline-model-parallel-size 1 \(tensor parallelism",
+    ):
+        build(tmp_path, "t5", {"--pipeline-model-parallel-size": "2"}, world_size=2)
 
 
 def test_entry_points_report_a_missing_sentence_corpus(tmp_path, capsys):

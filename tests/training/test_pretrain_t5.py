@@ -62,3 +62,12 @@ def test_export_to_huggingface_is_refused_naming_the_alternative(reference, tmp_
     with pytest.raises(ConfigError, match="T5 .* no HuggingFace equivalent.*--megatron-lm-out"):
         convert(["--load-dir", str(checkpoint), "--save-dir", str(tmp_path / "hf")])
     assert not (tmp_path / "hf").exists()
+
+
+def test_pipeline_layout_conversion_is_refused(reference, tmp_path):
+    from tools.checkpoint_util import main as checkpoint_util
+
+    _, checkpoint = reference
+    with pytest.raises(ConfigError, match="--target-pipeline-parallel-size 2: the checkpoint is a T5"):
+        checkpoint_util(["--load-dir", str(checkpoint), "--save-dir", str(tmp_path / "p2"),
+                         "--target-pipeline-parallel-size", "2"])  # fmt: skip
