@@ -1,6 +1,7 @@
 """Training throughput of ``pretrain_gpt.py``'s own step on GPUs: tokens/s, TFLOP/s per GPU, MFU, memory.
 
-Runs the library's engine and step functions (the DeepSpeed engine, bf16, the model the entry point builds)
+Runs the library's engine and step functions (the DeepSpeed engine, the model the entry point builds, in bf16
+autocast without ZeRO by default, ``--precision bf16 --zero-stage 1`` for DeepSpeed's bf16 optimizer)
 on synthetic tokens, so that the figure measures training and not data loading. Launch it like training:
 
     deepspeed --num_gpus 2 bench/train_throughput.py --model large --tensor-model-parallel-size 2
@@ -40,6 +41,12 @@ SHAPES = {
     "large": dict(layers=24, hidden=2048, heads=16, seq=2048, micro=8),
 }
 VOCAB = 50257  # GPT-2's, padded to 50304
+# --precision: (ds_config section, flags, default ZeRO stage). Without ZeRO, autocast leaves the optimizer
+# unwrapped: one fused AdamW over the fp32 weights, no per-parameter dtype copies.
+PRECISIONS = {
+    "autocast": ({"torch_autocast": {"enabled": True, "dtype": "bfloat16"}}, [], 0),
+    "bf16": ({"bf16": {"enabled": True}}, ["--bf16"], 1),
+}
 
 
 def default_flags(shape: dict, ds_config: str, iterations: int) -> list[str]:
@@ -48,7 +55,7 @@ def default_flags(shape: dict, ds_config: str, iterations: int) -> list[str]:
         "--num-attention-heads", str(shape["heads"]), "--seq-length", str(shape["seq"]),
         "--max-position-embeddings", str(shape["seq"]), "--micro-batch-size", str(shape["micro"]),
         "--train-iters", str(iterations), "--lr", "1e-4", "--lr-decay-style", "constant",
-        "--attention-dropout", "0", "--hidden-dropout", "0", "--bf16",
+        "--attention-dropout", "0", "--hidden-dropout", "0",
         "--data-path", "synthetic", "--vocab-file", "unused", "--merge-file", "unused",
         "--deepspeed", "--deepspeed_config", ds_config,
     ]  # fmt: skip
@@ -59,15 +66,24 @@ def main() -> None:
     bench.add_argument("--model", choices=SHAPES, default="small")
     bench.add_argument("--warmup", type=int, default=10)
     bench.add_argument("--iterations", type=int, default=20)
-    bench.add_argument("--zero-stage", type=int, default=1)
+    bench.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="autocast",
+        help="autocast: the ds_config's torch_autocast (fp32 weights, bf16 forward); bf16: --bf16 (bf16 "
+        "weights, DeepSpeed's fp32 master copies)",
+    )
+    bench.add_argument("--zero-stage", type=int, default=None, help="default: 0 with autocast, 1 with bf16")
     bench.add_argument("--profile", action="store_true", help="print torch.profiler's top GPU kernels")
     known, overrides = bench.parse_known_args()
     shape = SHAPES[known.model]
     ds_config = Path(tempfile.mkdtemp()) / "ds.json"
-    ds_config.write_text(
-        json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": known.zero_stage}})
+    section, precision_flags, default_stage = PRECISIONS[known.precision]
+    stage = default_stage if known.zero_stage is None else known.zero_stage
+    ds_config.write_text(json.dumps({**section, "zero_optimization": {"stage": stage}}))
+    flags = (
+        default_flags(shape, str(ds_config), known.warmup + known.iterations) + precision_flags + overrides
     )
-    flags = default_flags(shape, str(ds_config), known.warmup + known.iterations) + overrides
     config = build_config(parse_args(flags), world_size_from_env(), VOCAB)
     distributed = initialize_distributed()
     context = parallel_context_for(config.parallel)
@@ -84,8 +100,8 @@ def main() -> None:
 
     def step():
         if built.is_pipeline:
-            return pipeline_train_step(built.engine, micro_batch_iterator())
-        return train_step(built.engine, micro_batch_iterator(), micro_batches, context, built.own_grad_norm)
+            return pipeline_train_step(built.engine, micro_batch_iterator(), built.clipper)
+        return train_step(built.engine, micro_batch_iterator(), micro_batches, built.clipper)
 
     times = []
     for _ in range(known.warmup + known.iterations):
@@ -119,7 +135,8 @@ def main() -> None:
             f"D={batch.data_parallel_size}"
         )
         print(
-            f"RESULT ours-{known.model} {layout} gpus={world} seq={seq} mbs={batch.micro_batch_size} "
+            f"RESULT ours-{known.model} {layout} {known.precision} zero={stage} gpus={world} seq={seq} "
+            f"mbs={batch.micro_batch_size} "
             f"gbs={batch.global_batch_size} step_ms={seconds * 1000:.1f} tok/s={tokens_per_second:,.0f} "
             f"tok/s/gpu={per_gpu:,.0f} TFLOP/s/gpu={tflops:.1f} MFU={100 * tflops / peak:.1f}% "
             f"peakmem={max(m.item() for m in memories):.1f}GiB loss={result.loss.item():.3f}",

@@ -412,7 +412,8 @@ def _add_kernel_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--torch-compile",
         action="store_true",
-        help="Compile each transformer layer with torch.compile (fuses the elementwise work around matmuls).",
+        help="Compile each transformer layer, and the output layer with its loss when the vocabulary is on "
+        "one rank, with torch.compile (fuses the elementwise work around matmuls).",
     )
     group.add_argument(
         "--use-flash-attn",

@@ -31,6 +31,9 @@ from megatron.config.schema import BatchConfig, ParallelConfig, PrecisionConfig
 # The training loop logs on its own --log-interval; this keeps DeepSpeed's per-step prints out of the way.
 QUIET_STEPS_PER_PRINT = 1_000_000_000
 DEFAULT_CLIP_GRAD = 1.0
+# DeepSpeed's torch.autocast section, and the spellings of bf16 its dtype parser accepts.
+AUTOCAST_SECTION = "torch_autocast"
+_BF16_NAMES = ("bfloat16", "bf16", "torch.bfloat16")
 
 
 @dataclass(frozen=True)
@@ -156,17 +159,19 @@ def precision_config(ds: DsConfigFile, args: argparse.Namespace) -> PrecisionCon
         raise ConfigError("--fp16 and --bf16 were both given; choose one.")
     fp16 = bool(ds.agree("fp16.enabled", "--fp16", True if args.fp16 else None))
     bf16 = bool(ds.agree(f"{_bf16_key(ds)}.enabled", "--bf16", True if args.bf16 else None))
+    fp16_source = "--fp16" if args.fp16 else "'fp16.enabled'"
+    bf16_source = "--bf16" if args.bf16 else f"'{_bf16_key(ds)}.enabled'"
     if fp16 and bf16:
-        fp16_source = "--fp16" if args.fp16 else "'fp16.enabled'"
-        bf16_source = "--bf16" if args.bf16 else f"'{_bf16_key(ds)}.enabled'"
         raise ConfigError(
             f"ds_config {ds.path}: fp16 and bf16 are both enabled (fp16 by {fp16_source}, bf16 by "
             f"{bf16_source}); enable only one."
         )
     defaults = PrecisionConfig()
+    autocast = _bf16_autocast(ds, fp16_source if fp16 else bf16_source if bf16 else None)
     if not fp16:
         return PrecisionConfig(
             bf16=bf16,
+            bf16_autocast=autocast,
             loss_scale=args.loss_scale,
             initial_loss_scale=_or(args.initial_loss_scale, defaults.initial_loss_scale),
             min_loss_scale=_or(args.min_loss_scale, defaults.min_loss_scale),
@@ -199,6 +204,29 @@ def precision_config(ds: DsConfigFile, args: argparse.Namespace) -> PrecisionCon
             _or(ds.agree("fp16.hysteresis", "--hysteresis", args.hysteresis), defaults.hysteresis)
         ),
     )
+
+
+def _bf16_autocast(ds: DsConfigFile, half_precision: str | None) -> bool:
+    """Whether the ds_config's ``torch_autocast`` section is on. It replaces --bf16/--fp16 rather than
+    joining them: ``half_precision`` names the one enabled, if any."""
+    enabled = ds.lookup(f"{AUTOCAST_SECTION}.enabled")[1]
+    where = f"ds_config {ds.path}: '{AUTOCAST_SECTION}"
+    if enabled is None or enabled is False:
+        return False
+    if enabled is not True:
+        raise ConfigError(f"{where}.enabled' is {enabled!r}; use true or false.")
+    dtype = ds.lookup(f"{AUTOCAST_SECTION}.dtype")[1]
+    if dtype is not None and dtype not in _BF16_NAMES:
+        raise ConfigError(
+            f"{where}.dtype' is {dtype!r}; autocast is supported in bf16 only (\"bfloat16\"). For fp16 "
+            "training use --fp16 (DeepSpeed's loss-scaled fp16 optimizer)."
+        )
+    if half_precision is not None:
+        raise ConfigError(
+            f"{where}' is enabled together with {half_precision}. Choose one: '{AUTOCAST_SECTION}' keeps "
+            f"fp32 weights and runs the forward in bf16, {half_precision} keeps half-precision weights."
+        )
+    return True
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -248,6 +276,8 @@ def reconcile_ds_config(
     result.setdefault("steps_per_print", QUIET_STEPS_PER_PRINT)
     if precision.bf16:
         result.setdefault(_bf16_key(ds), {})["enabled"] = True
+    if precision.bf16_autocast:
+        result[AUTOCAST_SECTION]["dtype"] = "bfloat16"  # DeepSpeed's default would be fp16 on a GPU
     if precision.fp16:
         fp16 = result.setdefault("fp16", {})
         fp16["enabled"] = True

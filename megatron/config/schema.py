@@ -147,10 +147,13 @@ class LRScheduleConfig:
 
 @dataclass(frozen=True)
 class PrecisionConfig:
-    """``loss_scale`` None means dynamic loss scaling (fp16 only)."""
+    """``loss_scale`` None means dynamic loss scaling (fp16 only). ``bf16_autocast`` is the ds_config's
+    ``torch_autocast`` section: fp32 weights, gradients and optimizer, the forward under ``torch.autocast``
+    in bf16 (where ``bf16`` keeps bf16 weights with fp32 master copies in DeepSpeed's optimizer)."""
 
     fp16: bool = False
     bf16: bool = False
+    bf16_autocast: bool = False
     loss_scale: float | None = None
     initial_loss_scale: float = 2.0**32
     min_loss_scale: float = 1.0
@@ -159,6 +162,8 @@ class PrecisionConfig:
 
     @property
     def dtype_name(self) -> str:
+        if self.bf16_autocast:
+            return "bf16 autocast over fp32 weights"
         return "fp16" if self.fp16 else "bf16" if self.bf16 else "fp32"
 
 

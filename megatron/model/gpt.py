@@ -91,6 +91,29 @@ def language_model_loss(
     return (losses * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+class LanguageModelLoss(nn.Module):
+    """The logits through the tied embedding and their loss, as one module of the model.
+
+    A module of its own so that ``--torch-compile`` can compile it (:mod:`megatron.model.kernels`): the
+    compiled softmax reads the bf16 logits once and writes their gradient directly, where eager mode makes
+    float32 copies of the whole ``[tokens, vocabulary]`` matrix in both directions.
+    """
+
+    def __init__(self, context: ParallelContext):
+        super().__init__()
+        self.context = context
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        word_embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        loss_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        logits = parallel_lm_logits(hidden, word_embeddings, self.context)
+        return language_model_loss(logits, labels, loss_mask, self.context)
+
+
 class TransformerLanguageModel(nn.Module):
     def __init__(
         self,
@@ -133,6 +156,7 @@ class GPTModel(nn.Module):
         self.language_model = TransformerLanguageModel(
             config, self.context, seed, recompute or RecomputeConfig(), moe
         )
+        self.output_loss = LanguageModelLoss(self.context)
 
     @property
     def transformer_layers(self) -> nn.ModuleList:
@@ -150,9 +174,9 @@ class GPTModel(nn.Module):
         position_offset: int = 0,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         hidden = self.language_model(tokens, position_offset)
-        logits = parallel_lm_logits(hidden, self.word_embeddings_weight, self.context)
         if labels is None:
+            logits = parallel_lm_logits(hidden, self.word_embeddings_weight, self.context)
             return gather_from_tensor_parallel_region(logits, self.context.tensor_group)
-        loss = language_model_loss(logits, labels, loss_mask, self.context)
+        loss = self.output_loss(hidden, self.word_embeddings_weight, labels, loss_mask)
         moe_loss = self.language_model.encoder.moe_loss
         return loss if moe_loss is None else (loss, self.moe_loss_coeff * moe_loss)

@@ -57,3 +57,11 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
+
+
+def shutdown_distributed() -> None:
+    """After a finished run: wait for every rank, then tear the process groups down. Left to interpreter
+    exit, gloo's threads can outlive their group and abort a run that succeeded."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

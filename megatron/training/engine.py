@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from functools import partial
 
 import deepspeed
 import torch
@@ -18,7 +17,7 @@ from megatron.model.kernels import apply_kernels
 from megatron.model.moe import check_expert_groups, describe_moe
 from megatron.parallel.context import ParallelContext
 from megatron.parallel.random import configure_recomputation, seed_tensor_parallel_rng
-from megatron.training.grad_norm import clip_gradients_, mark_for_deepspeed_norm
+from megatron.training.grad_norm import GradientClipper, mark_for_deepspeed_norm
 from megatron.training.lr_schedule import LRScheduler
 from megatron.training.optimizer import build_optimizer
 from megatron.training.rng import set_seed
@@ -33,8 +32,9 @@ class TrainingEngine:
     engine: deepspeed.DeepSpeedEngine
     lr_scheduler: LRScheduler
     is_pipeline: bool
-    # True when DeepSpeed keeps no gradient norm for us (it does not wrap the optimizer: ZeRO 0, fp32).
-    own_grad_norm: bool
+    # Set when DeepSpeed does not wrap the optimizer (ZeRO 0 in fp32 or bf16 autocast): then this clips and
+    # keeps the gradient norm, which DeepSpeed does not.
+    clipper: GradientClipper | None
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,8 @@ def build_engine(config: Config, context: ParallelContext, model_provider: Model
         "pipeline" if is_pipeline else "DeepSpeed",
     )
     logger.info("activation recomputation: %s", describe_recompute(config.recompute))
-    logger.info("kernels: %s", apply_kernels(model, config.kernels))
+    kernels = apply_kernels(model, config.kernels, allow_one_graph=config.deepspeed.zero_stage < 3)
+    logger.info("kernels: %s", kernels)
     if config.moe.enabled:
         logger.info("mixture of experts: %s", describe_moe(config.moe))
     optimizer = build_optimizer(model, config.optimizer, "cuda" if torch.cuda.is_available() else "cpu")
@@ -145,12 +146,12 @@ def build_engine(config: Config, context: ParallelContext, model_provider: Model
         mpu=mpu,
     )
     check_expert_groups(engine.module)
-    unwrapped_optimizer = isinstance(engine.optimizer, torch.optim.Optimizer)
-    if (is_pipeline or config.moe.enabled) and unwrapped_optimizer:
-        # DeepSpeed's fp32 clipping miscounts pipeline stages, and averages per-rank norms where expert
-        # parallelism gives each rank other experts (see megatron.training.grad_norm).
-        engine.clip_fp32_gradients = partial(
-            clip_gradients_, list(engine.module.parameters()), engine.gradient_clipping(), context
-        )
-    own_grad_norm = not is_pipeline and unwrapped_optimizer
-    return TrainingEngine(engine, lr_scheduler, is_pipeline, own_grad_norm)
+    clipper = None
+    if isinstance(engine.optimizer, torch.optim.Optimizer):  # DeepSpeed did not wrap it (see GradientClipper)
+        clipper = GradientClipper(engine.module.parameters(), engine.gradient_clipping(), context)
+        engine.clip_fp32_gradients = clipper
+        if not is_pipeline and context.sequence_data_size == 1:
+            # One replica: DeepSpeed's fallback all-reduce would still flatten every gradient into one
+            # buffer and copy it back after each accumulation window, for nothing.
+            engine.enable_backward_allreduce = False
+    return TrainingEngine(engine, lr_scheduler, is_pipeline, clipper)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 from megatron.config.errors import ConfigError
+from megatron.training.distributed import shutdown_distributed
 
 
 def configure_logging() -> None:
@@ -31,4 +32,5 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {error}", file=sys.stderr)
         return 2
+    shutdown_distributed()
     return 0

@@ -4,7 +4,7 @@ DeepSpeed's own norm counts a parameter on every rank of its model-parallel grou
 is marked model-parallel, and otherwise on the group's first rank alone. Its pipeline engine puts every
 stage in that group, so unmarked parameters of later stages (LayerNorms, biases) would be left out, and its
 fp32 clipping also counts the last stage's tied copy of the word embedding. :func:`mark_for_deepspeed_norm`
-and :func:`clip_gradients_` make both right.
+and :class:`GradientClipper` make both right.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch.distributed as dist
 from deepspeed.moe.utils import is_moe_param
 from deepspeed.utils import groups
 from torch import nn
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from megatron.parallel.context import ParallelContext
 
@@ -25,45 +26,69 @@ def _counted(param: nn.Parameter) -> bool:
     return param.grad is not None and not getattr(param, "ds_pipe_replicated", False)
 
 
+def _sum_of_squares(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Sum of squared entries of ``grads`` with torch's multi-tensor norm: a few kernels for the whole
+    model rather than two per parameter, which is what bounds a small model's step on a GPU."""
+    if not grads:
+        return torch.zeros((), device=device)
+    return get_total_norm(grads, norm_type=2.0).float().pow(2)
+
+
 def gradient_norm(parameters: Iterable[nn.Parameter], context: ParallelContext) -> torch.Tensor:
     """L2 norm of all gradients of the model: split parameters summed over the tensor-parallel group,
     replicated ones counted once, stages summed over the pipeline group, MoE experts summed over their
     expert-parallel group (each rank holds its own experts). Stays on the device."""
     parameters = [p for p in parameters if _counted(p)]
     device = parameters[0].device
-    split, replicated = torch.zeros((), device=device), torch.zeros((), device=device)
-    experts: dict[str, torch.Tensor] = {}
+    split, replicated = [], []
+    experts: dict[str, list[torch.Tensor]] = {}
     for param in parameters:
-        square = param.grad.detach().float().pow(2).sum()
         if is_moe_param(param):
-            experts[param.group_name] = experts.get(param.group_name, 0.0) + square
+            experts.setdefault(param.group_name, []).append(param.grad)
         elif getattr(param, "tensor_model_parallel", False):
-            split += square
+            split.append(param.grad)
         else:
-            replicated += square
+            replicated.append(param.grad)
+    split_square = _sum_of_squares(split, device)
     if context.tensor_size > 1:
-        dist.all_reduce(split, group=context.tensor_group)
-    total = split + replicated
+        dist.all_reduce(split_square, group=context.tensor_group)
+    total = split_square + _sum_of_squares(replicated, device)
     for name in sorted(experts):  # the same order on every rank
+        square = _sum_of_squares(experts[name], device)
         group = groups._get_expert_parallel_group(name)
         if dist.get_world_size(group) > 1:
-            dist.all_reduce(experts[name], group=group)
-        total = total + experts[name]
+            dist.all_reduce(square, group=group)
+        total = total + square
     if context.pipeline_size > 1:
         dist.all_reduce(total, group=context.pipeline_group)
     return total.sqrt()
 
 
-def clip_gradients_(
-    parameters: Iterable[nn.Parameter], max_norm: float, context: ParallelContext
-) -> torch.Tensor:
-    """Scale all gradients by min(1, max_norm / norm) in place; returns the norm before clipping."""
-    parameters = [p for p in parameters if p.grad is not None]
-    norm = gradient_norm(parameters, context)
-    coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    for param in parameters:
-        param.grad.detach().mul_(coefficient)
-    return norm
+class GradientClipper:
+    """Measures the global gradient norm and clips to ``max_norm`` (0: measure only), keeping the norm.
+
+    It replaces the DeepSpeed engine's ``clip_fp32_gradients`` wherever DeepSpeed does not wrap the
+    optimizer (fp32 or bf16 autocast without ZeRO): DeepSpeed's version miscounts pipeline stages and
+    expert-parallel ranks, walks the parameters one by one, and its norm is not kept for the log. The
+    engine calls it on each update when clipping is on; the training step calls :meth:`measure` when not.
+    """
+
+    def __init__(self, parameters: Iterable[nn.Parameter], max_norm: float, context: ParallelContext):
+        self.parameters = list(parameters)
+        self.max_norm = max_norm
+        self.context = context
+        self.last_norm: torch.Tensor | None = None
+
+    def measure(self) -> torch.Tensor:
+        counted = [p for p in self.parameters if p.grad is not None]
+        self.last_norm = gradient_norm(counted, self.context)
+        return self.last_norm
+
+    def __call__(self) -> torch.Tensor:
+        norm = self.measure()
+        if self.max_norm > 0:
+            clip_grads_with_norm_(self.parameters, self.max_norm, norm)
+        return norm
 
 
 def mark_for_deepspeed_norm(module: nn.Module, context: ParallelContext) -> None:

@@ -89,7 +89,7 @@ class Pretraining:
         )
         built = build_engine(config, parallel, model_provider)
         self.engine, self.lr_scheduler = built.engine, built.lr_scheduler
-        self.is_pipeline, self.own_grad_norm = built.is_pipeline, built.own_grad_norm
+        self.is_pipeline, self.clipper = built.is_pipeline, built.clipper
         self.state = TrainState()
         if config.checkpoint.load:
             self.state = load_checkpoint(
@@ -166,9 +166,9 @@ class Pretraining:
             batches = self._train_batches(seq_length)
             if self.is_pipeline:
                 self._shape_pipeline_for(seq_length or tokens_per_sample)
-                result = pipeline_train_step(self.engine, batches)
+                result = pipeline_train_step(self.engine, batches, self.clipper)
             else:
-                result = train_step(self.engine, batches, micro_batches, self.parallel, self.own_grad_norm)
+                result = train_step(self.engine, batches, micro_batches, self.clipper)
             state.iteration += 1
             state.consumed_train_samples += global_batch
             tokens = global_batch * (seq_length or tokens_per_sample)
@@ -292,10 +292,10 @@ class Pretraining:
         """Megatron-DeepSpeed's additions to the log line: the MoE loss (mean over the window and the
         ranks) and the curriculum's sequence length at the window's last iteration."""
         fields = {}
-        if window.moe_loss_sum is not None:
+        if window.aux_loss_sum is not None:
             # The model's second loss: MoE's load balancing, or BERT's sentence order ("sop loss").
             name = getattr(self.engine.module, "aux_loss_name", "moe loss")
-            fields[name] = all_reduce_mean(window.moe_loss_sum / window.iterations).item()
+            fields[name] = all_reduce_mean(window.aux_loss_sum / window.iterations).item()
         if window.seq_length is not None:
             fields["curriculum seqlen"] = f"{window.seq_length:5d}"
         return fields
@@ -313,15 +313,15 @@ class _LogWindow:
         self.tokens = 0
         self.skipped = 0
         self.grad_norm = None
-        self.moe_loss_sum = None
+        self.aux_loss_sum = None
         self.seq_length = None
 
     def add(self, result, global_batch: int, tokens: int, seq_length: int | None = None) -> None:
         finite = torch.isfinite(result.loss)
         self.loss_sum += torch.where(finite, result.loss, torch.zeros_like(result.loss))
         self.nan_count += (~finite).float()
-        if result.moe_loss is not None:
-            self.moe_loss_sum = result.moe_loss + (0.0 if self.moe_loss_sum is None else self.moe_loss_sum)
+        if result.aux_loss is not None:
+            self.aux_loss_sum = result.aux_loss + (0.0 if self.aux_loss_sum is None else self.aux_loss_sum)
         self.iterations += 1
         self.samples += global_batch
         self.tokens += tokens

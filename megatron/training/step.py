@@ -8,7 +8,11 @@ from dataclasses import dataclass
 import torch
 
 from megatron.parallel.context import ParallelContext
-from megatron.training.grad_norm import gradient_norm
+from megatron.training.grad_norm import GradientClipper
+
+# What DeepSpeed's pipeline engine takes per micro batch: the first stage's input (a tensor or a tuple of
+# them) and the last stage's loss labels.
+PipelineSample = tuple[torch.Tensor | tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,13 @@ class Batch:
     def model_inputs(self) -> tuple:
         """The positional arguments of the model's forward (each model family's batch has its own)."""
         return self.tokens, self.labels, self.loss_mask, self.position_offset
+
+    def pipeline_inputs(self) -> PipelineSample:
+        """GPT's pipeline stages take the tokens; its loss takes ``(labels, loss mask)``."""
+        mask = self.loss_mask
+        if mask is None:
+            mask = torch.ones_like(self.labels, dtype=torch.float)
+        return self.tokens, (self.labels, mask)
 
 
 def make_batch(
@@ -53,17 +64,10 @@ def make_batch(
     return Batch(tokens, labels, loss_mask, offset)
 
 
-def pipeline_inputs(
-    batches: Iterator[Batch],
-) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]:
-    """DeepSpeed's pipeline format: inputs for the first stage, ``(labels, loss mask)`` for the last."""
+def pipeline_inputs(batches: Iterator[Batch]) -> Iterator[PipelineSample]:
+    """DeepSpeed's pipeline format, from each model family's batch (its ``pipeline_inputs()``)."""
     for batch in batches:
-        mask = (
-            batch.loss_mask
-            if batch.loss_mask is not None
-            else torch.ones_like(batch.labels, dtype=torch.float)
-        )
-        yield batch.tokens, (batch.labels, mask)
+        yield batch.pipeline_inputs()
 
 
 @dataclass
@@ -71,12 +75,14 @@ class StepResult:
     loss: torch.Tensor  # mean over the iteration's micro batches, still on the device
     grad_norm: float | torch.Tensor | None
     update_applied: bool
-    # The MoE load-balancing loss (already x --moe-loss-coeff), mean over micro batches; None without MoE.
-    moe_loss: torch.Tensor | None = None
+    # The model's second loss, already in ``loss``'s gradient but logged apart: MoE's load balancing (x
+    # --moe-loss-coeff) or BERT's sentence order; mean over micro batches, None when the model has none.
+    aux_loss: torch.Tensor | None = None
 
 
 def split_losses(output: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """(lm loss, moe loss or None) from what the model returns (a pair when it has MoE layers)."""
+    """(lm loss, second loss or None) from what the model returns (a pair with MoE layers or BERT's binary
+    head)."""
     return tuple(output) if isinstance(output, tuple) else (output, None)
 
 
@@ -84,38 +90,47 @@ def train_step(
     engine,
     micro_batches: Iterator[Batch],
     num_micro_batches: int,
-    context: ParallelContext,
-    own_grad_norm: bool,
+    clipper: GradientClipper | None = None,
 ) -> StepResult:
     """Forward and backward over ``num_micro_batches``, then the engine's optimizer step at the boundary.
 
     DeepSpeed steps the optimizer on the last micro batch of the accumulation window by itself. When the
-    engine does not wrap the optimizer (ZeRO 0 in fp32) it does not record the gradient norm either, so
-    ``own_grad_norm`` makes this function measure it before the update, without a host sync.
+    engine does not wrap the optimizer (ZeRO 0 in fp32 or bf16 autocast) ``clipper`` keeps the gradient
+    norm: the engine has it clip at the update, and without clipping it is measured here, before the
+    update. Either way without a host sync.
     """
     loss_sum = torch.zeros((), device=engine.device)
-    moe_loss_sum = None
-    grad_norm = None
+    aux_loss_sum = None
     for index in range(num_micro_batches):
         batch = next(micro_batches)
-        loss, moe_loss = split_losses(engine(*batch.model_inputs()))
-        engine.backward(loss if moe_loss is None else loss + moe_loss)
-        if own_grad_norm and index == num_micro_batches - 1:
-            grad_norm = gradient_norm(list(engine.module.parameters()), context)
+        loss, aux_loss = split_losses(engine(*batch.model_inputs()))
+        engine.backward(loss if aux_loss is None else loss + aux_loss)
+        if clipper is not None and clipper.max_norm == 0 and index == num_micro_batches - 1:
+            clipper.measure()
         engine.step()
         loss_sum += loss.detach().float()
-        if moe_loss is not None:
-            moe_loss_sum = moe_loss.detach().float() + (0.0 if moe_loss_sum is None else moe_loss_sum)
-    if grad_norm is None:
-        grad_norm = engine.get_global_grad_norm()
-    moe_mean = None if moe_loss_sum is None else moe_loss_sum / num_micro_batches
-    return StepResult(loss_sum / num_micro_batches, grad_norm, engine.was_step_applied(), moe_mean)
+        if aux_loss is not None:
+            aux_loss_sum = aux_loss.detach().float() + (0.0 if aux_loss_sum is None else aux_loss_sum)
+    grad_norm = clipper.last_norm if clipper is not None else engine.get_global_grad_norm()
+    aux_mean = None if aux_loss_sum is None else aux_loss_sum / num_micro_batches
+    return StepResult(loss_sum / num_micro_batches, grad_norm, engine.was_step_applied(), aux_mean)
 
 
-def pipeline_train_step(engine, micro_batches: Iterator[Batch]) -> StepResult:
-    """DeepSpeed's pipeline schedule runs the accumulation window itself (1F1B over the stages)."""
-    loss = engine.train_batch(data_iter=pipeline_inputs(micro_batches))
-    return StepResult(loss.detach().float(), engine.get_global_grad_norm(), engine.was_step_applied())
+def pipeline_train_step(
+    engine, micro_batches: Iterator[Batch], clipper: GradientClipper | None = None
+) -> StepResult:
+    """DeepSpeed's pipeline schedule runs the accumulation window itself (1F1B over the stages);
+    ``clipper`` as in :func:`train_step` (the pipeline engine calls it at the update when clipping)."""
+    loss = engine.train_batch(data_iter=pipeline_inputs(micro_batches)).detach().float()
+    # A model's named second loss (its PipelineModule's get_additional_losses, BERT's sentence order) comes
+    # averaged like the loss, which includes it: take it out so that the two are logged apart.
+    additional = engine.agg_additional_losses
+    aux_loss = None if not additional else torch.stack(list(additional.values())).float().sum()
+    if aux_loss is not None:
+        loss = loss - aux_loss
+    # Without clipping the pipeline engine never calls the clipper: no norm is logged then.
+    grad_norm = clipper.last_norm if clipper is not None else engine.get_global_grad_norm()
+    return StepResult(loss, grad_norm, engine.was_step_applied(), aux_loss)
 
 
 @torch.no_grad()

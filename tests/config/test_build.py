@@ -11,6 +11,7 @@ from megatron.config.ds_config import QUIET_STEPS_PER_PRINT
 from megatron.config.errors import ConfigError
 from megatron.config.schema import RecomputeConfig
 from tests.config.recipe import RECIPE_DS, build
+from tests.launch import REPO_ROOT
 
 
 def test_recipe_happy_path(tmp_path):
@@ -319,3 +320,37 @@ def test_flash_attn_flag_needs_the_package(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="--use-flash-attn: the flash-attn package is not installed"):
         build(tmp_path, {"--use-flash-attn": True})
     assert build(tmp_path, {"--torch-compile": True}).kernels.torch_compile
+
+
+def test_torch_autocast_section_keeps_fp32_weights_in_bf16_autocast(tmp_path):
+    config = build(tmp_path, {"--fp16": None}, ds={"torch_autocast": {"enabled": True}})
+    precision = config.precision
+    assert precision.bf16_autocast and not (precision.bf16 or precision.fp16)
+    assert precision.dtype_name == "bf16 autocast over fp32 weights"
+    # DeepSpeed's own default dtype would be fp16 on a GPU: the reconciled dict names bf16.
+    assert config.deepspeed.ds_config["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+
+
+def test_bundled_autocast_ds_config_builds(tmp_path):
+    bundled = json.loads((REPO_ROOT / "ds_configs" / "ds_config_gpt_autocast.json").read_text())
+    changes = {"--fp16": None, "--zero-stage": None, "--micro-batch-size": "8"}
+    config = build(tmp_path, changes, ds=bundled)
+    assert config.precision.bf16_autocast and config.deepspeed.zero_stage == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "section", "pattern"),
+    [
+        ({}, {"enabled": True}, "'torch_autocast' is enabled together with --fp16. Choose one"),
+        (
+            {"--fp16": None, "--bf16": True},
+            {"enabled": True},
+            "'torch_autocast' is enabled together with --bf16",
+        ),
+        ({"--fp16": None}, {"enabled": True, "dtype": "fp16"}, r"'torch_autocast.dtype' is 'fp16'.*--fp16"),
+        ({"--fp16": None}, {"enabled": "yes"}, "'torch_autocast.enabled' is 'yes'; use true or false"),
+    ],
+)
+def test_torch_autocast_conflicts(tmp_path, changes, section, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        build(tmp_path, changes, ds={"torch_autocast": section})

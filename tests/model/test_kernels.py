@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from megatron.config.schema import KernelConfig
+from megatron.config.schema import KernelConfig, RecomputeConfig
 from megatron.model import GPTModel
-from megatron.model.kernels import apply_kernels
+from megatron.model.kernels import apply_kernels, compiles_as_one_graph
 from tests.model.test_gpt import small_config
 
 
@@ -20,19 +20,35 @@ def loss_and_grads(model: GPTModel, tokens: torch.Tensor) -> tuple[torch.Tensor,
 
 
 @pytest.mark.slow
-def test_compiled_layers_match_eager_layers():
+@pytest.mark.parametrize(
+    ("allow_one_graph", "description"),
+    [
+        (True, "torch.compile on the whole model (one graph)"),
+        (
+            False,
+            "torch.compile on each of 2 transformer layers, torch.compile on the output layer and loss",
+        ),
+    ],
+    ids=["one-graph", "per-layer"],
+)
+def test_compiled_model_matches_eager_model(allow_one_graph, description):
     torch.manual_seed(0)
     eager = GPTModel(small_config(num_layers=2))
     compiled = copy.deepcopy(eager)
-    assert apply_kernels(compiled, KernelConfig(torch_compile=True)) == (
-        "torch.compile on each of 2 transformer layers"
-    )
+    assert apply_kernels(compiled, KernelConfig(torch_compile=True), allow_one_graph) == description
+    assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints keep their names
     tokens = torch.randint(0, 128, (2, 17))
     eager_loss, eager_grads = loss_and_grads(eager, tokens)
     compiled_loss, compiled_grads = loss_and_grads(compiled, tokens)
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_one_graph_only_where_nothing_leaves_it():
+    assert compiles_as_one_graph(GPTModel(small_config()))
+    recomputed = GPTModel(small_config(), recompute=RecomputeConfig(granularity="selective"))
+    assert not compiles_as_one_graph(recomputed)
 
 
 def test_plain_kernels_are_described():

@@ -93,9 +93,9 @@ def main() -> None:
             for m in range(micro_batches)
         )
         if built.is_pipeline:
-            result = pipeline_train_step(engine, batches)
+            result = pipeline_train_step(engine, batches, built.clipper)
         else:
-            result = train_step(engine, batches, micro_batches, context, built.own_grad_norm)
+            result = train_step(engine, batches, micro_batches, built.clipper)
         losses.append(all_reduce_mean(result.loss).item())
         grad_norms.append(None if result.grad_norm is None else float(result.grad_norm))
     if context.tensor_rank == 0 and context.data_rank == 0 and context.ulysses_rank == 0:

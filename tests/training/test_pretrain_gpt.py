@@ -108,6 +108,43 @@ def test_bf16_trains(gpt_data_prefix, tmp_path):
 
 
 @pytest.mark.slow
+def test_bf16_autocast_follows_the_fp32_run_and_keeps_fp32_weights(gpt_data_prefix, tmp_path):
+    """The ds_config's torch_autocast section (the fast path on GPUs: no per-parameter bf16/fp32 copies)
+    against the same run in fp32: close losses, yet computed in bf16, and fp32 weights in the checkpoint."""
+    flags = tiny_model_flags(gpt_data_prefix, 8)
+    fp32 = run_pretrain(
+        flags + ["--deepspeed_config", str(write_ds_config(tmp_path / "fp32.json", 0))], launcher="python"
+    ).check()
+    autocast_ds = write_ds_config(tmp_path / "autocast.json", 0, torch_autocast={"enabled": True})
+    save = tmp_path / "ckpt"
+    autocast = run_pretrain(
+        flags + ["--deepspeed_config", str(autocast_ds), "--save", str(save)], launcher="python"
+    ).check()
+    assert "bf16 autocast over fp32 weights" in autocast.stderr + autocast.stdout
+    assert sorted(autocast.losses) == list(range(1, 9))
+    for iteration, loss in fp32.losses.items():
+        assert autocast.losses[iteration] == pytest.approx(loss, rel=2e-2), iteration
+    assert autocast.losses != fp32.losses  # bf16 arithmetic really ran
+    assert autocast.losses[8] < autocast.losses[1] - 0.3
+    weights = torch.load(save / "global_step8" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert {tensor.dtype for tensor in weights.values() if torch.is_tensor(tensor)} == {torch.float32}
+
+
+@pytest.mark.slow
+def test_torch_compile_through_the_engine_follows_the_eager_run(gpt_data_prefix, tmp_path):
+    """--torch-compile compiles the whole model as one graph inside the DeepSpeed engine: the same losses as
+    eager (fp32, up to the compiler's reordering of float sums)."""
+    flags = tiny_model_flags(gpt_data_prefix, 4) + [
+        "--deepspeed_config", str(write_ds_config(tmp_path / "ds.json", 0)),
+    ]  # fmt: skip
+    eager = run_pretrain(flags, launcher="python").check()
+    compiled = run_pretrain(flags + ["--torch-compile"], launcher="python").check()
+    assert "torch.compile on the whole model (one graph)" in compiled.stdout + compiled.stderr
+    assert sorted(compiled.losses) == sorted(eager.losses) == [1, 2, 3, 4]
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
+
+
+@pytest.mark.slow
 def test_tensorboard_and_offline_wandb_receive_scalars(gpt_data_prefix, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
