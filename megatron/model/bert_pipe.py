@@ -33,7 +33,7 @@ from megatron.model.bert import (
     sentence_order_loss,
 )
 from megatron.model.gpt import Embedding, language_model_loss
-from megatron.model.gpt_pipe import TIED_EMBEDDING
+from megatron.model.gpt_pipe import TIED_EMBEDDING, mark_block_recompute, uniform_recompute_interval
 from megatron.model.transformer import ParallelTransformerLayer
 from megatron.parallel.context import ParallelContext
 from megatron.parallel.layers import LayerNorm
@@ -181,7 +181,6 @@ def bert_pipeline_module(
     topology = PipeModelDataParallelTopology(
         num_pp=context.pipeline_size, num_mp=context.tensor_size, num_dp=context.data_size
     )
-    full = recompute.granularity == "full"
     embedding = (TIED_EMBEDDING, BertEmbeddingPipe, config, context, seed)
     specs: list[LayerSpec] = [TiedLayerSpec(*embedding, tied_weight_attr="word_embeddings.weight")]
     selective = recompute.granularity == "selective"
@@ -201,14 +200,10 @@ def bert_pipeline_module(
         loss_fn=BertPipelineLoss(context),
         topology=topology,
         partition_method=partition_method,
-        # "uniform": DeepSpeed recomputes every num_layers consecutive layers as one chunk.
-        activation_checkpoint_interval=recompute.num_layers if full and recompute.method == "uniform" else 0,
+        activation_checkpoint_interval=uniform_recompute_interval(recompute),
         checkpointable_layers=[BertTransformerLayerPipe.__name__],
         binary_head=binary_head,
     )
     check_heads_on_last_stage(module, len(specs) - 1, partition_method)
-    if full and recompute.method == "block":
-        stage_layers = [f for f in module.forward_funcs if isinstance(f, BertTransformerLayerPipe)]
-        for layer in stage_layers[: recompute.num_layers]:
-            layer.recompute_layer = True
+    mark_block_recompute(module, BertTransformerLayerPipe, recompute)
     return module

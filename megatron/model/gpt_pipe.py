@@ -63,7 +63,6 @@ def gpt_pipeline_module(
     topology = PipeModelDataParallelTopology(
         num_pp=context.pipeline_size, num_mp=context.tensor_size, num_dp=data_size
     )
-    full = recompute.granularity == "full"
     specs: list[LayerSpec | TiedLayerSpec] = [
         TiedLayerSpec(
             TIED_EMBEDDING, EmbeddingPipe, config, context, seed, tied_weight_attr="word_embeddings.weight"
@@ -97,12 +96,24 @@ def gpt_pipeline_module(
         loss_fn=_PipelineLoss(context),
         topology=topology,
         partition_method=partition_method,
-        # "uniform": DeepSpeed recomputes every num_layers consecutive layers as one chunk.
-        activation_checkpoint_interval=recompute.num_layers if full and recompute.method == "uniform" else 0,
+        activation_checkpoint_interval=uniform_recompute_interval(recompute),
         checkpointable_layers=[TransformerLayerPipe.__name__],
     )
-    if full and recompute.method == "block":
-        stage_layers = [layer for layer in module.forward_funcs if isinstance(layer, TransformerLayerPipe)]
+    mark_block_recompute(module, TransformerLayerPipe, recompute)
+    return module
+
+
+def uniform_recompute_interval(recompute: RecomputeConfig) -> int:
+    """``--recompute-method uniform``: DeepSpeed recomputes every num_layers consecutive layers as one
+    chunk (0: no chunked recomputation)."""
+    if recompute.granularity == "full" and recompute.method == "uniform":
+        return recompute.num_layers
+    return 0
+
+
+def mark_block_recompute(module: PipelineModule, layer_class: type, recompute: RecomputeConfig) -> None:
+    """``--recompute-method block``: the first num_layers transformer layers of this stage recompute."""
+    if recompute.granularity == "full" and recompute.method == "block":
+        stage_layers = [layer for layer in module.forward_funcs if isinstance(layer, layer_class)]
         for layer in stage_layers[: recompute.num_layers]:
             layer.recompute_layer = True
-    return module

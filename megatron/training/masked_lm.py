@@ -65,6 +65,19 @@ class T5Batch:
         )
 
 
+def _split_datasets(config: Config, num_samples: tuple[int, int, int], factory) -> Datasets:
+    """The train/valid/test datasets of the sentence-split corpus, each built by ``factory(name, indexed,
+    documents, samples)``."""
+    data = config.data
+    return tuple(
+        build_split_datasets(data.data_path, data.split, num_samples, factory, data.data_cache_path)
+    )
+
+
+def _on_device(sample: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in sample.items()}
+
+
 @dataclass(frozen=True)
 class BertData:
     tokenizer: object
@@ -75,38 +88,24 @@ class BertData:
 
         def factory(name, indexed, documents, samples):
             return BertDataset(
-                name,
-                indexed,
-                documents,
-                samples,
-                config.model.seq_length,
-                settings.mask_prob,
-                settings.short_seq_prob,
-                settings.binary_head,
-                self.tokenizer,
-                config.seed,
+                name, indexed, documents, samples, config.model.seq_length, settings.mask_prob,
+                settings.short_seq_prob, settings.binary_head, self.tokenizer, config.seed,
                 config.data.data_cache_path,
-            )
+            )  # fmt: skip
 
-        return tuple(
-            build_split_datasets(
-                config.data.data_path, config.data.split, num_samples, factory, config.data.data_cache_path
-            )
-        )
+        return _split_datasets(config, num_samples, factory)
 
     def make_batch(
         self, sample: dict, device: torch.device, parallel: ParallelContext, seq_length: int | None = None
     ) -> BertBatch:
-        def get(key: str) -> torch.Tensor:
-            return sample[key].to(device, non_blocking=True)
-
+        fields = _on_device(sample, device)
         return BertBatch(
-            tokens=get("text"),
-            padding_mask=get("padding_mask"),
-            tokentype_ids=get("types"),
-            labels=get("labels"),
-            loss_mask=get("loss_mask").float(),
-            sentence_order=get("is_random") if self.masked_lm.binary_head else None,
+            tokens=fields["text"],
+            padding_mask=fields["padding_mask"],
+            tokentype_ids=fields["types"],
+            labels=fields["labels"],
+            loss_mask=fields["loss_mask"].float(),
+            sentence_order=fields["is_random"] if self.masked_lm.binary_head else None,
         )
 
 
@@ -120,35 +119,21 @@ class T5Data:
 
         def factory(name, indexed, documents, samples):
             return T5Dataset(
-                name,
-                indexed,
-                documents,
-                samples,
-                config.model.seq_length,
-                settings.decoder_seq_length,
-                settings.mask_prob,
-                settings.short_seq_prob,
-                self.tokenizer,
-                config.seed,
+                name, indexed, documents, samples, config.model.seq_length, settings.decoder_seq_length,
+                settings.mask_prob, settings.short_seq_prob, self.tokenizer, config.seed,
                 config.data.data_cache_path,
-            )
+            )  # fmt: skip
 
-        return tuple(
-            build_split_datasets(
-                config.data.data_path, config.data.split, num_samples, factory, config.data.data_cache_path
-            )
-        )
+        return _split_datasets(config, num_samples, factory)
 
     def make_batch(
         self, sample: dict, device: torch.device, parallel: ParallelContext, seq_length: int | None = None
     ) -> T5Batch:
-        def get(key: str) -> torch.Tensor:
-            return sample[key].to(device, non_blocking=True)
-
+        fields = _on_device(sample, device)
         return T5Batch(
-            encoder_tokens=get("text_enc"),
-            decoder_tokens=get("text_dec"),
-            encoder_padding_mask=get("enc_mask"),
-            labels=get("labels"),
-            loss_mask=get("loss_mask").float(),
+            encoder_tokens=fields["text_enc"],
+            decoder_tokens=fields["text_dec"],
+            encoder_padding_mask=fields["enc_mask"],
+            labels=fields["labels"],
+            loss_mask=fields["loss_mask"].float(),
         )
