@@ -28,8 +28,6 @@ def special_tokens_count(binary_head: bool) -> int:
 
 
 class BertDataset(SentenceSampleDataset):
-    kind = "bert"
-
     def __init__(
         self,
         name: str,
@@ -44,6 +42,7 @@ class BertDataset(SentenceSampleDataset):
         seed: int,
         cache_dir: str | None = None,
     ) -> None:
+        # The cache name: samples with and without the sentence pair are cut differently.
         self.kind = "bert" if binary_head else "bert_single"
         self.seq_length = seq_length
         self.mask_prob = mask_prob

@@ -80,8 +80,7 @@ class GradientClipper:
         self.last_norm: torch.Tensor | None = None
 
     def measure(self) -> torch.Tensor:
-        counted = [p for p in self.parameters if p.grad is not None]
-        self.last_norm = gradient_norm(counted, self.context)
+        self.last_norm = gradient_norm(self.parameters, self.context)
         return self.last_norm
 
     def __call__(self) -> torch.Tensor:

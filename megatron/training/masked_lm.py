@@ -74,8 +74,9 @@ def _split_datasets(config: Config, num_samples: tuple[int, int, int], factory) 
     )
 
 
-def _on_device(sample: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: value.to(device, non_blocking=True) for key, value in sample.items()}
+def _on_device(sample: dict, device: torch.device, *keys: str) -> list[torch.Tensor]:
+    """The named fields of a collated micro batch, moved to ``device`` (the others stay behind)."""
+    return [sample[key].to(device, non_blocking=True) for key in keys]
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,17 @@ class BertData:
     def make_batch(
         self, sample: dict, device: torch.device, parallel: ParallelContext, seq_length: int | None = None
     ) -> BertBatch:
-        fields = _on_device(sample, device)
+        tokens, padding_mask, types, labels, loss_mask = _on_device(
+            sample, device, "text", "padding_mask", "types", "labels", "loss_mask"
+        )
+        binary_head = self.masked_lm.binary_head
         return BertBatch(
-            tokens=fields["text"],
-            padding_mask=fields["padding_mask"],
-            tokentype_ids=fields["types"],
-            labels=fields["labels"],
-            loss_mask=fields["loss_mask"].float(),
-            sentence_order=fields["is_random"] if self.masked_lm.binary_head else None,
+            tokens=tokens,
+            padding_mask=padding_mask,
+            tokentype_ids=types,
+            labels=labels,
+            loss_mask=loss_mask.float(),
+            sentence_order=_on_device(sample, device, "is_random")[0] if binary_head else None,
         )
 
 
@@ -129,11 +133,13 @@ class T5Data:
     def make_batch(
         self, sample: dict, device: torch.device, parallel: ParallelContext, seq_length: int | None = None
     ) -> T5Batch:
-        fields = _on_device(sample, device)
+        encoder_tokens, decoder_tokens, encoder_mask, labels, loss_mask = _on_device(
+            sample, device, "text_enc", "text_dec", "enc_mask", "labels", "loss_mask"
+        )
         return T5Batch(
-            encoder_tokens=fields["text_enc"],
-            decoder_tokens=fields["text_dec"],
-            encoder_padding_mask=fields["enc_mask"],
-            labels=fields["labels"],
-            loss_mask=fields["loss_mask"].float(),
+            encoder_tokens=encoder_tokens,
+            decoder_tokens=decoder_tokens,
+            encoder_padding_mask=encoder_mask,
+            labels=labels,
+            loss_mask=loss_mask.float(),
         )
