@@ -26,10 +26,11 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.profile_gaps import profile_steps  # noqa: E402
 from megatron.config.arguments import parse_args  # noqa: E402
 from megatron.config.build import build_config, world_size_from_env  # noqa: E402
 from megatron.parallel.context import parallel_context_for  # noqa: E402
-from megatron.training.distributed import initialize_distributed  # noqa: E402
+from megatron.training.distributed import initialize_distributed, shutdown_distributed  # noqa: E402
 from megatron.training.engine import build_engine  # noqa: E402
 from megatron.training.step import make_batch, pipeline_train_step, train_step  # noqa: E402
 from megatron.training.throughput import flops_per_token  # noqa: E402
@@ -40,6 +41,7 @@ SHAPES = {
     "medium": dict(layers=24, hidden=1024, heads=16, seq=1024, micro=16),
     "large": dict(layers=24, hidden=2048, heads=16, seq=2048, micro=8),
 }
+PROFILED_STEPS = 3
 VOCAB = 50257  # GPT-2's, padded to 50304
 # --precision: (ds_config section, flags, default ZeRO stage). Without ZeRO, autocast leaves the optimizer
 # unwrapped: one fused AdamW over the fp32 weights, no per-parameter dtype copies.
@@ -74,7 +76,11 @@ def main() -> None:
         "weights, DeepSpeed's fp32 master copies)",
     )
     bench.add_argument("--zero-stage", type=int, default=None, help="default: 0 with autocast, 1 with bf16")
-    bench.add_argument("--profile", action="store_true", help="print torch.profiler's top GPU kernels")
+    bench.add_argument(
+        "--profile",
+        action="store_true",
+        help="after timing, profile three steps: the top GPU kernels and what the GPU waits on",
+    )
     known, overrides = bench.parse_known_args()
     shape = SHAPES[known.model]
     ds_config = Path(tempfile.mkdtemp()) / "ds.json"
@@ -112,13 +118,9 @@ def main() -> None:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     if known.profile:
-        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=activities) as profiler:
-            for _ in range(3):
-                step()
-            torch.cuda.synchronize()
+        report = profile_steps(step, PROFILED_STEPS)
         if dist.get_rank() == 0:
-            print(profiler.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
+            print(report, flush=True)
     timed = sorted(times[known.warmup :])
     seconds = timed[len(timed) // 2]
     world = dist.get_world_size()
@@ -130,10 +132,7 @@ def main() -> None:
     memories = [torch.zeros(1, device=distributed.device) for _ in range(world)]
     dist.all_gather(memories, torch.tensor([memory], device=distributed.device))
     if dist.get_rank() == 0:
-        layout = (
-            f"T={context.tensor_size} P={context.pipeline_size} "
-            f"D={batch.data_parallel_size}"
-        )
+        layout = f"T={context.tensor_size} P={context.pipeline_size} D={batch.data_parallel_size}"
         print(
             f"RESULT ours-{known.model} {layout} {known.precision} zero={stage} gpus={world} seq={seq} "
             f"mbs={batch.micro_batch_size} "
@@ -142,7 +141,7 @@ def main() -> None:
             f"peakmem={max(m.item() for m in memories):.1f}GiB loss={result.loss.item():.3f}",
             flush=True,
         )
-    dist.barrier()
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

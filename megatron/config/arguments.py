@@ -15,10 +15,11 @@ import argparse
 import difflib
 import re
 import sys
-from typing import NoReturn
+from typing import NoReturn, get_args
 
 from megatron.config.errors import ConfigError
 from megatron.config.masked_lm import add_masked_lm_flags
+from megatron.config.schema import CompileMode
 
 # A token such as "-1" or "-.5" is a value, not a flag.
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
@@ -412,8 +413,17 @@ def _add_kernel_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--torch-compile",
         action="store_true",
-        help="Compile each transformer layer, and the output layer with its loss when the vocabulary is on "
-        "one rank, with torch.compile (fuses the elementwise work around matmuls).",
+        help="Compile the model with torch.compile: as one graph where nothing leaves it (one "
+        "tensor-parallel and Ulysses rank, no recomputation, no MoE, ZeRO below 3), otherwise each "
+        "transformer layer and the output layer with its loss (fuses the elementwise work around matmuls).",
+    )
+    group.add_argument(
+        "--torch-compile-mode",
+        choices=get_args(CompileMode),
+        default=None,
+        help="torch.compile's mode, with --torch-compile: reduce-overhead replays the compiled graphs as "
+        "CUDA graphs (no per-kernel launch cost), max-autotune also tunes matmul and fused kernels for the "
+        "GPU (minutes of compilation). Default: default.",
     )
     group.add_argument(
         "--use-flash-attn",

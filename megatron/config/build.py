@@ -155,7 +155,16 @@ def _kernel_config(args: argparse.Namespace) -> KernelConfig:
             "pip install flash-attn --no-build-isolation); drop the flag to use torch SDPA, which runs "
             "flash kernels itself on recent GPUs."
         )
-    return KernelConfig(torch_compile=args.torch_compile, use_flash_attn=args.use_flash_attn)
+    if args.torch_compile_mode is not None and not args.torch_compile:
+        raise ConfigError(
+            f"--torch-compile-mode {args.torch_compile_mode} without --torch-compile: add --torch-compile, "
+            "or drop --torch-compile-mode to run eager."
+        )
+    return KernelConfig(
+        torch_compile=args.torch_compile,
+        compile_mode=args.torch_compile_mode or "default",
+        use_flash_attn=args.use_flash_attn,
+    )
 
 
 def _check_fp16_stage(precision: PrecisionConfig, stage: int, ds_path: str) -> None:

@@ -63,15 +63,21 @@ class ParallelConfig:
         return self.world_size // (model_ranks * self.ds_sequence_parallel_size)
 
 
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
 @dataclass(frozen=True)
 class KernelConfig:
     """Which implementation runs, not what is computed: every choice here gives the same model.
 
-    ``torch_compile`` compiles each transformer layer with ``torch.compile`` (fusing bias, GeLU, dropout,
-    LayerNorm and residual adds); ``use_flash_attn`` calls the flash-attn package instead of torch's SDPA.
+    ``torch_compile`` compiles the model (or each transformer layer) with ``torch.compile``, fusing bias,
+    GeLU, dropout, LayerNorm and residual adds; ``compile_mode`` is torch.compile's ``mode``:
+    "reduce-overhead" replays the compiled graphs as CUDA graphs, "max-autotune" also tunes the matmul and
+    fused kernels for the GPU. ``use_flash_attn`` calls the flash-attn package instead of torch's SDPA.
     """
 
     torch_compile: bool = False
+    compile_mode: CompileMode = "default"
     use_flash_attn: bool = False
 
 

@@ -59,12 +59,12 @@ def apply_kernels(model: nn.Module, kernels: KernelConfig, allow_one_graph: bool
     if not kernels.torch_compile:
         used.append("eager transformer layers")
     elif allow_one_graph and compiles_as_one_graph(model):
-        model.compile()
-        used.append("torch.compile on the whole model (one graph)")
+        model.compile(mode=kernels.compile_mode)
+        used.append(f"torch.compile ({kernels.compile_mode}) on the whole model (one graph)")
     else:
         for layer in layers:
-            layer.compile()
-        used.append(f"torch.compile on each of {len(layers)} transformer layers")
+            layer.compile(mode=kernels.compile_mode)
+        used.append(f"torch.compile ({kernels.compile_mode}) on each of {len(layers)} transformer layers")
         # With the vocabulary split over ranks the loss holds collectives: it stays eager there.
         losses = [
             module
@@ -72,7 +72,7 @@ def apply_kernels(model: nn.Module, kernels: KernelConfig, allow_one_graph: bool
             if isinstance(module, LanguageModelLoss) and module.context.tensor_size == 1
         ]
         for loss in losses:
-            loss.compile()
+            loss.compile(mode=kernels.compile_mode)
         if losses:
             used.append("torch.compile on the output layer and loss")
     return ", ".join(used)

@@ -17,7 +17,11 @@ from megatron.model.kernels import apply_kernels
 from megatron.model.moe import check_expert_groups, describe_moe
 from megatron.parallel.context import ParallelContext
 from megatron.parallel.random import configure_recomputation, seed_tensor_parallel_rng
-from megatron.training.grad_norm import GradientClipper, mark_for_deepspeed_norm
+from megatron.training.grad_norm import (
+    GradientClipper,
+    mark_for_deepspeed_norm,
+    scales_gradients_in_its_kernel,
+)
 from megatron.training.lr_schedule import LRScheduler
 from megatron.training.optimizer import build_optimizer
 from megatron.training.rng import set_seed
@@ -132,7 +136,7 @@ def build_engine(config: Config, context: ParallelContext, model_provider: Model
     logger.info("kernels: %s", kernels)
     if config.moe.enabled:
         logger.info("mixture of experts: %s", describe_moe(config.moe))
-    optimizer = build_optimizer(model, config.optimizer, "cuda" if torch.cuda.is_available() else "cpu")
+    optimizer = build_optimizer(model, config.optimizer)
     lr_scheduler = LRScheduler(
         optimizer, config.optimizer.lr, config.lr_schedule, config.batch.global_batch_size
     )
@@ -148,7 +152,8 @@ def build_engine(config: Config, context: ParallelContext, model_provider: Model
     check_expert_groups(engine.module)
     clipper = None
     if isinstance(engine.optimizer, torch.optim.Optimizer):  # DeepSpeed did not wrap it (see GradientClipper)
-        clipper = GradientClipper(engine.module.parameters(), engine.gradient_clipping(), context)
+        fused = engine.optimizer if scales_gradients_in_its_kernel(engine.optimizer) else None
+        clipper = GradientClipper(engine.module.parameters(), engine.gradient_clipping(), context, fused)
         engine.clip_fp32_gradients = clipper
         if not is_pipeline and context.sequence_data_size == 1:
             # One replica: DeepSpeed's fallback all-reduce would still flatten every gradient into one

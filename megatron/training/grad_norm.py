@@ -64,6 +64,14 @@ def gradient_norm(parameters: Iterable[nn.Parameter], context: ParallelContext) 
     return total.sqrt()
 
 
+def scales_gradients_in_its_kernel(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` divides every gradient by its ``grad_scale`` attribute inside its own kernel:
+    torch's fused Adam and AdamW do (the protocol ``torch.amp.GradScaler`` uses to unscale for free)."""
+    return isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and all(
+        group.get("fused") for group in optimizer.param_groups
+    )
+
+
 class GradientClipper:
     """Measures the global gradient norm and clips to ``max_norm`` (0: measure only), keeping the norm.
 
@@ -71,12 +79,23 @@ class GradientClipper:
     optimizer (fp32 or bf16 autocast without ZeRO): DeepSpeed's version miscounts pipeline stages and
     expert-parallel ranks, walks the parameters one by one, and its norm is not kept for the log. The
     engine calls it on each update when clipping is on; the training step calls :meth:`measure` when not.
+
+    Given ``fused_optimizer`` (one for which :func:`scales_gradients_in_its_kernel`), the clip is folded
+    into that optimizer's step: its ``grad_scale`` becomes ``1 / clip coefficient``, which saves a read and
+    a write of every gradient per update. Without it the gradients are scaled in place, as torch clips.
     """
 
-    def __init__(self, parameters: Iterable[nn.Parameter], max_norm: float, context: ParallelContext):
+    def __init__(
+        self,
+        parameters: Iterable[nn.Parameter],
+        max_norm: float,
+        context: ParallelContext,
+        fused_optimizer: torch.optim.Optimizer | None = None,
+    ):
         self.parameters = list(parameters)
         self.max_norm = max_norm
         self.context = context
+        self.fused_optimizer = fused_optimizer
         self.last_norm: torch.Tensor | None = None
 
     def measure(self) -> torch.Tensor:
@@ -85,8 +104,13 @@ class GradientClipper:
 
     def __call__(self) -> torch.Tensor:
         norm = self.measure()
-        if self.max_norm > 0:
+        if self.max_norm <= 0:
+            return norm
+        if self.fused_optimizer is None:
             clip_grads_with_norm_(self.parameters, self.max_norm, norm)
+        else:
+            # clip_grads_with_norm_'s coefficient, min(1, max_norm / (norm + 1e-6)), as a divisor.
+            self.fused_optimizer.grad_scale = ((norm + 1e-6) / self.max_norm).clamp(min=1.0)
         return norm
 
 

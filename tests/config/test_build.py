@@ -322,6 +322,14 @@ def test_flash_attn_flag_needs_the_package(tmp_path, monkeypatch):
     assert build(tmp_path, {"--torch-compile": True}).kernels.torch_compile
 
 
+def test_torch_compile_mode_needs_torch_compile(tmp_path):
+    with pytest.raises(ConfigError, match="--torch-compile-mode reduce-overhead without --torch-compile"):
+        build(tmp_path, {"--torch-compile-mode": "reduce-overhead"})
+    kernels = build(tmp_path, {"--torch-compile": True, "--torch-compile-mode": "max-autotune"}).kernels
+    assert kernels.torch_compile and kernels.compile_mode == "max-autotune"
+    assert build(tmp_path, {"--torch-compile": True}).kernels.compile_mode == "default"
+
+
 def test_torch_autocast_section_keeps_fp32_weights_in_bf16_autocast(tmp_path):
     config = build(tmp_path, {"--fp16": None}, ds={"torch_autocast": {"enabled": True}})
     precision = config.precision

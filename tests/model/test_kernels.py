@@ -21,21 +21,26 @@ def loss_and_grads(model: GPTModel, tokens: torch.Tensor) -> tuple[torch.Tensor,
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("allow_one_graph", "description"),
+    ("allow_one_graph", "mode", "description"),
     [
-        (True, "torch.compile on the whole model (one graph)"),
+        (True, "default", "torch.compile (default) on the whole model (one graph)"),
+        # On a CPU reduce-overhead's CUDA graphs are left out: this checks that the mode reaches the compile.
+        (True, "reduce-overhead", "torch.compile (reduce-overhead) on the whole model (one graph)"),
         (
             False,
-            "torch.compile on each of 2 transformer layers, torch.compile on the output layer and loss",
+            "default",
+            "torch.compile (default) on each of 2 transformer layers, torch.compile on the output layer "
+            "and loss",
         ),
     ],
-    ids=["one-graph", "per-layer"],
+    ids=["one-graph", "one-graph-reduce-overhead", "per-layer"],
 )
-def test_compiled_model_matches_eager_model(allow_one_graph, description):
+def test_compiled_model_matches_eager_model(allow_one_graph, mode, description):
     torch.manual_seed(0)
     eager = GPTModel(small_config(num_layers=2))
     compiled = copy.deepcopy(eager)
-    assert apply_kernels(compiled, KernelConfig(torch_compile=True), allow_one_graph) == description
+    kernels = KernelConfig(torch_compile=True, compile_mode=mode)
+    assert apply_kernels(compiled, kernels, allow_one_graph) == description
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints keep their names
     tokens = torch.randint(0, 128, (2, 17))
     eager_loss, eager_grads = loss_and_grads(eager, tokens)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from megatron.parallel.context import ParallelContext
-from megatron.training.grad_norm import GradientClipper
+from megatron.training.grad_norm import GradientClipper, scales_gradients_in_its_kernel
 
 
 def _model_with_gradients() -> nn.Module:
@@ -37,3 +37,22 @@ def test_measure_only_leaves_gradients_and_keeps_the_norm():
     torch.testing.assert_close(clipper.last_norm, expected)
     for param, grad in zip(model.parameters(), before):
         assert torch.equal(param.grad, grad)
+
+
+def test_clip_folded_into_the_fused_optimizer_matches_clipping_then_stepping():
+    """The fused AdamW that divides by the clip coefficient in its kernel takes the same step as clipping
+    the gradients first and stepping torch's plain AdamW. (A large eps makes Adam's step depend on the
+    gradients' scale, so that a missed clip shows.)"""
+    folded, reference = _model_with_gradients(), _model_with_gradients()
+    fused_optimizer = torch.optim.AdamW(folded.parameters(), lr=0.1, eps=0.1, fused=True)
+    assert scales_gradients_in_its_kernel(fused_optimizer)
+    plain_optimizer = torch.optim.AdamW(reference.parameters(), lr=0.1, eps=0.1, foreach=False)
+    assert not scales_gradients_in_its_kernel(plain_optimizer)
+    norm = GradientClipper(folded.parameters(), 1.0, ParallelContext.single(), fused_optimizer)()
+    expected = GradientClipper(reference.parameters(), 1.0, ParallelContext.single())()
+    torch.testing.assert_close(norm, expected)
+    assert norm > 1.0
+    fused_optimizer.step()
+    plain_optimizer.step()
+    for mine, theirs in zip(folded.parameters(), reference.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-7)

@@ -139,7 +139,7 @@ def test_torch_compile_through_the_engine_follows_the_eager_run(gpt_data_prefix,
     ]  # fmt: skip
     eager = run_pretrain(flags, launcher="python").check()
     compiled = run_pretrain(flags + ["--torch-compile"], launcher="python").check()
-    assert "torch.compile on the whole model (one graph)" in compiled.stdout + compiled.stderr
+    assert "torch.compile (default) on the whole model (one graph)" in compiled.stdout + compiled.stderr
     assert sorted(compiled.losses) == sorted(eager.losses) == [1, 2, 3, 4]
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
 
