@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.launch import REPO_ROOT, free_port
+from tests.launch import free_port, launch
 
 WORKER = Path(__file__).with_name("gpt_layout_worker.py")
 STEPS = 3
@@ -44,7 +43,7 @@ def run_layout(tmp_path: Path, name: str, nproc: int, flags: list[str]) -> dict:
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
         "--master_port", str(free_port()), str(WORKER), str(out), *flags,
     ]  # fmt: skip
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    completed = launch(command, env, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-6000:]
     merged: dict = {"grads": {}}
     for stage_file in sorted(tmp_path.glob(f"{name}.stage*.pt")):
