@@ -14,7 +14,6 @@ import argparse
 import importlib
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.profile_gaps import profile_steps  # noqa: E402
+from bench.timing import median_step_seconds  # noqa: E402
 from bench.train_throughput import PROFILED_STEPS, SHAPES  # noqa: E402
 
 
@@ -44,7 +44,8 @@ def main() -> None:
     parser.add_argument("--peer-dir", required=True, help="the folder holding raw_torch_gpt.py")
     parser.add_argument("--model", choices=SHAPES, default="small")
     parser.add_argument("--megatron-init", action="store_true")
-    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="then profile three steps, as the bench does")
     args = parser.parse_args()
     sys.path.insert(0, args.peer_dir)
@@ -68,15 +69,7 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    times = []
-    for _ in range(args.steps):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    timed = sorted(times[5:])
-    seconds = timed[len(timed) // 2]
+    seconds, _ = median_step_seconds(step, args.warmup, args.iterations)
     init = "megatron-init" if args.megatron_init else "own-init"
     print(f"PEER raw-{args.model} {init} step_ms={seconds * 1000:.1f} tok/s={micro * seq / seconds:,.0f}")
     if args.profile:

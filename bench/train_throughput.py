@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.profile_gaps import profile_steps  # noqa: E402
+from bench.timing import median_step_seconds  # noqa: E402
 from megatron.config.arguments import parse_args  # noqa: E402
 from megatron.config.build import build_config, world_size_from_env  # noqa: E402
 from megatron.parallel.context import parallel_context_for  # noqa: E402
@@ -109,20 +109,11 @@ def main() -> None:
             return pipeline_train_step(built.engine, micro_batch_iterator(), built.clipper)
         return train_step(built.engine, micro_batch_iterator(), micro_batches, built.clipper)
 
-    times = []
-    for _ in range(known.warmup + known.iterations):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = step()
-        result.loss.item()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    seconds, result = median_step_seconds(step, known.warmup, known.iterations)
     if known.profile:
         report = profile_steps(step, PROFILED_STEPS)
         if dist.get_rank() == 0:
             print(report, flush=True)
-    timed = sorted(times[known.warmup :])
-    seconds = timed[len(timed) // 2]
     world = dist.get_world_size()
     tokens_per_second = batch.global_batch_size * seq / seconds
     per_gpu = tokens_per_second / world

@@ -17,11 +17,7 @@ from megatron.model.kernels import apply_kernels
 from megatron.model.moe import check_expert_groups, describe_moe
 from megatron.parallel.context import ParallelContext
 from megatron.parallel.random import configure_recomputation, seed_tensor_parallel_rng
-from megatron.training.grad_norm import (
-    GradientClipper,
-    mark_for_deepspeed_norm,
-    scales_gradients_in_its_kernel,
-)
+from megatron.training.grad_norm import GradientClipper, mark_for_deepspeed_norm
 from megatron.training.lr_schedule import LRScheduler
 from megatron.training.optimizer import build_optimizer
 from megatron.training.rng import set_seed
@@ -152,8 +148,9 @@ def build_engine(config: Config, context: ParallelContext, model_provider: Model
     check_expert_groups(engine.module)
     clipper = None
     if isinstance(engine.optimizer, torch.optim.Optimizer):  # DeepSpeed did not wrap it (see GradientClipper)
-        fused = engine.optimizer if scales_gradients_in_its_kernel(engine.optimizer) else None
-        clipper = GradientClipper(engine.module.parameters(), engine.gradient_clipping(), context, fused)
+        clipper = GradientClipper(
+            engine.module.parameters(), engine.gradient_clipping(), context, engine.optimizer
+        )
         engine.clip_fp32_gradients = clipper
         if not is_pipeline and context.sequence_data_size == 1:
             # One replica: DeepSpeed's fallback all-reduce would still flatten every gradient into one

@@ -80,9 +80,9 @@ class GradientClipper:
     expert-parallel ranks, walks the parameters one by one, and its norm is not kept for the log. The
     engine calls it on each update when clipping is on; the training step calls :meth:`measure` when not.
 
-    Given ``fused_optimizer`` (one for which :func:`scales_gradients_in_its_kernel`), the clip is folded
-    into that optimizer's step: its ``grad_scale`` becomes ``1 / clip coefficient``, which saves a read and
-    a write of every gradient per update. Without it the gradients are scaled in place, as torch clips.
+    When ``optimizer`` (the one that steps these parameters) :func:`scales_gradients_in_its_kernel`, the
+    clip is folded into its step: its ``grad_scale`` becomes ``1 / clip coefficient``, which saves a read
+    and a write of every gradient per update. Otherwise the gradients are scaled in place, as torch clips.
     """
 
     def __init__(
@@ -90,12 +90,14 @@ class GradientClipper:
         parameters: Iterable[nn.Parameter],
         max_norm: float,
         context: ParallelContext,
-        fused_optimizer: torch.optim.Optimizer | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
     ):
         self.parameters = list(parameters)
         self.max_norm = max_norm
         self.context = context
-        self.fused_optimizer = fused_optimizer
+        self.fused_optimizer = (
+            optimizer if optimizer is not None and scales_gradients_in_its_kernel(optimizer) else None
+        )
         self.last_norm: torch.Tensor | None = None
 
     def measure(self) -> torch.Tensor:

@@ -49,7 +49,7 @@ def test_clip_folded_into_the_fused_optimizer_matches_clipping_then_stepping():
     plain_optimizer = torch.optim.AdamW(reference.parameters(), lr=0.1, eps=0.1, foreach=False)
     assert not scales_gradients_in_its_kernel(plain_optimizer)
     norm = GradientClipper(folded.parameters(), 1.0, ParallelContext.single(), fused_optimizer)()
-    expected = GradientClipper(reference.parameters(), 1.0, ParallelContext.single())()
+    expected = GradientClipper(reference.parameters(), 1.0, ParallelContext.single(), plain_optimizer)()
     torch.testing.assert_close(norm, expected)
     assert norm > 1.0
     fused_optimizer.step()
