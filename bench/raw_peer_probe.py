@@ -3,9 +3,11 @@ runs itself, optionally with its weights drawn as Megatron draws them.
 
 The peer's default init (embeddings N(0, 1), PyTorch's Linear init) gives values on which the power-capped
 GPU clocks higher than on Megatron's N(0, 0.02); ``--megatron-init`` re-draws them so that the two programs
-are compared on like values (bench/RESULTS.md, session 4). The peer's file is imported unchanged.
+are compared on like values (bench/RESULTS.md, session 4). ``--float8`` converts its linear layers with
+torchao's public ``convert_to_float8_training`` (e4m3 forward, e5m2 gradients, tensorwise scaling: what
+our ``--fp8-format hybrid`` runs), the peer for FP8 runs. The peer's file is imported unchanged.
 
-    python3 bench/raw_peer_probe.py --peer-dir .carry/peers --model large --megatron-init [--profile]
+    python3 bench/raw_peer_probe.py --peer-dir .carry/peers --model large [--megatron-init] [--float8]
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--peer-dir", required=True, help="the folder holding raw_torch_gpt.py")
     parser.add_argument("--model", choices=SHAPES, default="small")
     parser.add_argument("--megatron-init", action="store_true")
+    parser.add_argument("--float8", action="store_true", help="FP8 linear layers through torchao")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="then profile three steps, as the bench does")
@@ -56,6 +59,10 @@ def main() -> None:
     model = peer.GPT(layers, shape["hidden"], shape["heads"], seq).cuda()
     if args.megatron_init:
         megatron_init_(model, layers)
+    if args.float8:
+        from torchao.float8 import convert_to_float8_training
+
+        convert_to_float8_training(model)
     # The peer's own step (raw_torch_gpt.run), kept as it is.
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     compiled = torch.compile(model)
@@ -71,6 +78,7 @@ def main() -> None:
 
     seconds, _ = median_step_seconds(step, args.warmup, args.iterations)
     init = "megatron-init" if args.megatron_init else "own-init"
+    init += " fp8" if args.float8 else ""
     print(f"PEER raw-{args.model} {init} step_ms={seconds * 1000:.1f} tok/s={micro * seq / seconds:,.0f}")
     if args.profile:
         print(profile_steps(step, PROFILED_STEPS))

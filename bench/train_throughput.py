@@ -124,8 +124,9 @@ def main() -> None:
     dist.all_gather(memories, torch.tensor([memory], device=distributed.device))
     if dist.get_rank() == 0:
         layout = f"T={context.tensor_size} P={context.pipeline_size} D={batch.data_parallel_size}"
+        precision = known.precision + (f"+fp8-{config.fp8.format}" if config.fp8 else "")
         print(
-            f"RESULT ours-{known.model} {layout} {known.precision} zero={stage} gpus={world} seq={seq} "
+            f"RESULT ours-{known.model} {layout} {precision} zero={stage} gpus={world} seq={seq} "
             f"mbs={batch.micro_batch_size} "
             f"gbs={batch.global_batch_size} step_ms={seconds * 1000:.1f} tok/s={tokens_per_second:,.0f} "
             f"tok/s/gpu={per_gpu:,.0f} TFLOP/s/gpu={tflops:.1f} MFU={100 * tflops / peak:.1f}% "

@@ -19,7 +19,7 @@ from typing import NoReturn, get_args
 
 from megatron.config.errors import ConfigError
 from megatron.config.masked_lm import add_masked_lm_flags
-from megatron.config.schema import CompileMode
+from megatron.config.schema import CompileMode, Fp8Format
 
 # A token such as "-1" or "-.5" is a value, not a flag.
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
@@ -211,6 +211,14 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("precision")
     group.add_argument("--fp16", action="store_true", help="fp16 mixed precision with loss scaling.")
     group.add_argument("--bf16", action="store_true", help="bf16 mixed precision.")
+    group.add_argument(
+        "--fp8-format",
+        choices=get_args(Fp8Format),
+        default=None,
+        help="FP8 matmuls in the transformer layers' linear layers (torchao, Ada/Hopper GPUs): hybrid = "
+        "e4m3 activations and weights, e5m2 gradients; e4m3 = e4m3 for all three. The rest of the step "
+        "keeps the run's precision (bf16 autocast or --bf16). Default: off.",
+    )
     group.add_argument(
         "--loss-scale",
         type=float,

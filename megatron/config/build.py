@@ -17,6 +17,7 @@ import os
 from megatron.config import ds_config, parallelism, schedules
 from megatron.config.curriculum import curriculum_config, shortest_seq_length
 from megatron.config.errors import ConfigError, flag_dest, require_positive
+from megatron.config.float8 import float8_config
 from megatron.config.masked_lm import (
     check_masked_lm_features,
     check_masked_lm_parallel,
@@ -144,6 +145,7 @@ def build_config(
         moe=moe,
         curriculum=curriculum,
         masked_lm=masked_lm,
+        fp8=float8_config(args, model, parallel, batch.micro_batch_size, masked_lm, curriculum),
         seed=args.seed,
     )
 

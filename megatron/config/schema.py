@@ -64,6 +64,7 @@ class ParallelConfig:
 
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+Fp8Format = Literal["e4m3", "hybrid"]
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,19 @@ class PrecisionConfig:
         if self.bf16_autocast:
             return "bf16 autocast over fp32 weights"
         return "fp16" if self.fp16 else "bf16" if self.bf16 else "fp32"
+
+
+@dataclass(frozen=True)
+class Float8Config:
+    """FP8 matmuls in the transformer layers (``--fp8-format``, Megatron-LM's flag), through torchao with
+    dynamic tensorwise scaling: each operand is scaled by its own absolute maximum, taken in the step.
+    "hybrid" casts activations and weights to e4m3 and gradients to e5m2 (more range, less precision);
+    "e4m3" casts all three to e4m3. ``pad_tokens``: pad the token dimension of the weight-gradient matmul
+    to a multiple of 16 (the FP8 kernels' requirement), for micro batches whose token count may not be one.
+    """
+
+    format: Fp8Format
+    pad_tokens: bool = False
 
 
 @dataclass(frozen=True)
@@ -293,4 +307,5 @@ class Config:
     moe: MoEConfig = MoEConfig()
     curriculum: CurriculumConfig | None = None
     masked_lm: MaskedLMConfig | None = None
+    fp8: Float8Config | None = None
     seed: int = 1234

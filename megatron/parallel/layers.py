@@ -5,6 +5,9 @@ None), and keeps only its own slice. That costs a transient full-size tensor at 
 model built with the same seed equal, parameter for parameter, whatever the tensor-parallel size, so that
 runs with T=1 and T=2 compare and checkpoints convert by plain concatenation.
 
+Both linear layers run their local matrix multiply through ``self.gemm``, ``F.linear`` unless
+``megatron.model.float8`` has put an FP8 one in its place; the parameters stay the same either way.
+
 Every parameter carries ``tensor_model_parallel`` (split across ranks or replicated), ``partition_dim`` (the
 dimension it is split along, -1 when replicated) and ``partition_stride`` (always 1 here), which is what
 gradient clipping, weight-decay grouping and checkpoint conversion read.
@@ -69,6 +72,7 @@ class ColumnParallelLinear(nn.Module):
         self.group = context.tensor_group
         self.gather_output = gather_output
         self.sequence_parallel = context.sequence_parallel
+        self.gemm = F.linear
         shard = context.tensor_shard(out_features, "ColumnParallelLinear out_features")
         self.weight = _sharded_normal((out_features, in_features), std, shard, dim=0, generator=generator)
         if bias:
@@ -83,7 +87,7 @@ class ColumnParallelLinear(nn.Module):
             hidden = gather_from_sequence_parallel_region(hidden, self.group)
         else:
             hidden = copy_to_tensor_parallel_region(hidden, self.group)
-        output = F.linear(hidden, self.weight, self.bias)
+        output = self.gemm(hidden, self.weight, self.bias)
         return gather_from_tensor_parallel_region(output, self.group) if self.gather_output else output
 
     def extra_repr(self) -> str:
@@ -112,6 +116,7 @@ class RowParallelLinear(nn.Module):
         self.group = context.tensor_group
         self.input_is_parallel = input_is_parallel
         self.sequence_parallel = context.sequence_parallel
+        self.gemm = F.linear
         shard = context.tensor_shard(in_features, "RowParallelLinear in_features")
         self.weight = _sharded_normal((out_features, in_features), std, shard, dim=1, generator=generator)
         if bias:
@@ -122,7 +127,7 @@ class RowParallelLinear(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
             hidden = scatter_to_tensor_parallel_region(hidden, self.group)
-        partial = F.linear(hidden, self.weight)
+        partial = self.gemm(hidden, self.weight)
         if not self.sequence_parallel:
             output = reduce_from_tensor_parallel_region(partial, self.group)
             return output if self.bias is None else output + self.bias

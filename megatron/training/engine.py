@@ -13,6 +13,7 @@ from deepspeed.sequence.layer import DistributedAttention
 from torch import nn
 
 from megatron.config.schema import Config, RecomputeConfig
+from megatron.model.float8 import apply_float8
 from megatron.model.kernels import apply_kernels
 from megatron.model.moe import check_expert_groups, describe_moe
 from megatron.parallel.context import ParallelContext
@@ -128,6 +129,9 @@ def build_engine(config: Config, context: ParallelContext, model_provider: Model
         "pipeline" if is_pipeline else "DeepSpeed",
     )
     logger.info("activation recomputation: %s", describe_recompute(config.recompute))
+    if config.fp8 is not None:
+        # Before compiling, so that the compiled graphs hold the FP8 casts and matmuls.
+        logger.info("matmuls: %s", apply_float8(model, config.fp8))
     kernels = apply_kernels(model, config.kernels, allow_one_graph=config.deepspeed.zero_stage < 3)
     logger.info("kernels: %s", kernels)
     if config.moe.enabled:

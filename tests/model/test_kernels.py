@@ -19,6 +19,15 @@ def loss_and_grads(model: GPTModel, tokens: torch.Tensor) -> tuple[torch.Tensor,
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
+def assert_compiled_matches_eager(compiled: GPTModel, eager: GPTModel) -> None:
+    tokens = torch.randint(0, 128, (2, 17))
+    eager_loss, eager_grads = loss_and_grads(eager, tokens)
+    compiled_loss, compiled_grads = loss_and_grads(compiled, tokens)
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("allow_one_graph", "mode", "description"),
@@ -42,12 +51,7 @@ def test_compiled_model_matches_eager_model(allow_one_graph, mode, description):
     kernels = KernelConfig(torch_compile=True, compile_mode=mode)
     assert apply_kernels(compiled, kernels, allow_one_graph) == description
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints keep their names
-    tokens = torch.randint(0, 128, (2, 17))
-    eager_loss, eager_grads = loss_and_grads(eager, tokens)
-    compiled_loss, compiled_grads = loss_and_grads(compiled, tokens)
-    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
-    for name, grad in eager_grads.items():
-        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert_compiled_matches_eager(compiled, eager)
 
 
 def test_one_graph_only_where_nothing_leaves_it():
