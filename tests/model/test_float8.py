@@ -1,7 +1,7 @@
 """FP8 matmuls (``--fp8-format``) compute what the plain matmuls compute, within FP8 rounding.
 
-The CPU runs torch's FP8 matmul for real (``torch._scaled_mm``, the kernel torchao calls on a GPU), so these
-tests quantise exactly as a GPU run does; only the speed differs.
+The CPU runs torch's FP8 matmul for real (``torch._scaled_mm``, which torchao calls on a GPU too), so these
+tests cast and scale as a GPU run does; the kernel's summation order and speed differ.
 """
 
 from __future__ import annotations
