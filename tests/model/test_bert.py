@@ -35,7 +35,8 @@ def perturbed(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-def inputs():
+def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens, padding mask (two samples padded) and token types, as BERT's batches hold them."""
     generator = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, VOCAB, (3, 16), generator=generator)
     padding = torch.ones(3, 16, dtype=torch.long)

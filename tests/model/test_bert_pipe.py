@@ -9,32 +9,11 @@ import torch
 
 from megatron.checkpointing.layout import pipeline_layer_prefixes
 from megatron.config.errors import ConfigError
-from megatron.config.schema import ModelConfig, RecomputeConfig
+from megatron.config.schema import RecomputeConfig
 from megatron.model.bert import BertModel
 from megatron.model.bert_pipe import bert_pipeline_module, check_heads_on_last_stage
 from megatron.parallel.context import ParallelContext
-
-VOCAB = 100
-
-
-def small_config() -> ModelConfig:
-    return ModelConfig(
-        num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64, seq_length=16,
-        max_position_embeddings=16, padded_vocab_size=128, attention_dropout=0.0, hidden_dropout=0.0,
-        openai_gelu=False,
-    )  # fmt: skip
-
-
-def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tokens, padding mask (two samples padded) and token types, as BERT's batches hold them."""
-    generator = torch.Generator().manual_seed(1)
-    tokens = torch.randint(0, VOCAB, (3, 16), generator=generator)
-    padding = torch.ones(3, 16, dtype=torch.long)
-    padding[1, 10:] = 0
-    padding[2, 5:] = 0
-    types = torch.zeros(3, 16, dtype=torch.long)
-    types[:, 7:] = 1
-    return tokens, padding, types
+from tests.model.test_bert import VOCAB, inputs, small_config
 
 
 def one_stage(binary_head: bool) -> torch.nn.Module:
