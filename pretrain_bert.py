@@ -13,7 +13,7 @@ import sys
 from torch import nn
 
 from megatron.config.arguments import parse_args
-from megatron.config.build import build_config, world_size_from_env
+from megatron.config.build import build_config, check_device_precision, world_size_from_env
 from megatron.config.masked_lm import check_tokenizer_type
 from megatron.config.schema import Config
 from megatron.data.sentence_samples import check_sentence_prefixes
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     check_tokenizer_type(args.tokenizer_type, "bert")
     tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file, args.tokenizer_model)
     config = build_config(args, world_size_from_env(), tokenizer.vocab_size, model_type="bert")
+    check_device_precision(config)
     check_sentence_prefixes(config.data.data_path)
     context = initialize_distributed()
     data = BertData(tokenizer, config.masked_lm)

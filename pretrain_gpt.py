@@ -10,7 +10,7 @@ import sys
 from torch import nn
 
 from megatron.config.arguments import parse_args
-from megatron.config.build import build_config, world_size_from_env
+from megatron.config.build import build_config, check_device_precision, world_size_from_env
 from megatron.config.schema import Config
 from megatron.data.gpt_dataset import check_data_prefixes
 from megatron.data.tokenizer import build_tokenizer
@@ -31,14 +31,20 @@ def gpt_model_provider(config: Config, context: ParallelContext) -> nn.Module:
     return GPTModel(config.model, context, config.seed, config.recompute, config.moe)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_pretraining(argv: list[str] | None = None) -> Pretraining:
+    """Flags to a run ready to train: checks, process group, engine, data (``bench/`` drives it too)."""
     args = parse_args(argv)
     tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file, args.tokenizer_model)
     config = build_config(args, world_size_from_env(), tokenizer.vocab_size)
+    check_device_precision(config)
     check_data_prefixes(config.data.data_path)
     context = initialize_distributed()
     parallel_context = parallel_context_for(config.parallel)
-    Pretraining(config, context, parallel_context, gpt_model_provider, eod=tokenizer.eod).run()
+    return Pretraining(config, context, parallel_context, gpt_model_provider, eod=tokenizer.eod)
+
+
+def main(argv: list[str] | None = None) -> None:
+    build_pretraining(argv).run()
 
 
 if __name__ == "__main__":

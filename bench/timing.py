@@ -13,13 +13,15 @@ Result = TypeVar("Result")
 
 def median_step_seconds(step: Callable[[], Result], warmup: int, iterations: int) -> tuple[float, Result]:
     """The median wall time of ``iterations`` calls of ``step`` after ``warmup`` untimed ones, each call
-    between two device synchronisations (as the peers time theirs), and what the last call returned."""
+    between two device synchronisations (as the peers time theirs; none on a CPU), and what the last call
+    returned."""
     times = []
+    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
     for _ in range(warmup + iterations):
-        torch.cuda.synchronize()
+        synchronize()
         start = time.perf_counter()
         result = step()
-        torch.cuda.synchronize()
+        synchronize()
         times.append(time.perf_counter() - start)
     timed = sorted(times[warmup:])
     return timed[len(timed) // 2], result

@@ -6,15 +6,9 @@
 #   NUM_GPUS processes (default 1); TRAIN_ITERS (default 200); CL_STEPS (default TRAIN_ITERS / 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -c "import deepspeed" 2>/dev/null || bash tools/install.sh
+source examples_deepspeed/common.sh
 
-DATA_PREFIX=data/processed/kjv
-TOKENIZER=data/tokenizer/gpt2-bpe
-if [ ! -f "${DATA_PREFIX}_text_document.idx" ]; then
-  python3 tools/preprocess_data.py --input data/corpus/kjv.jsonl --json-keys text \
-    --output-prefix "$DATA_PREFIX" --tokenizer-type GPT2BPETokenizer \
-    --vocab-file "$TOKENIZER/vocab.json" --merge-file "$TOKENIZER/merges.txt" --append-eod --workers 2
-fi
+preprocess_gpt_corpus
 
 NUM_GPUS=${NUM_GPUS:-1}
 TRAIN_ITERS=${TRAIN_ITERS:-200}
@@ -39,15 +33,15 @@ with open(path, "w") as target:
     json.dump(config, target, indent=2)
 PY
 
-deepspeed --num_gpus "$NUM_GPUS" pretrain_gpt.py \
+deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT" pretrain_gpt.py \
   --num-layers 4 --hidden-size 256 --num-attention-heads 4 \
   --seq-length "$SEQ_LENGTH" --max-position-embeddings "$SEQ_LENGTH" \
   --micro-batch-size "$MICRO_BATCH" --global-batch-size "$GLOBAL_BATCH" \
   --train-iters "$TRAIN_ITERS" --lr 1e-3 --min-lr 1e-4 --lr-decay-style cosine \
   --lr-warmup-tokens $((TRAIN_TOKENS / 20)) --lr-decay-tokens "$TRAIN_TOKENS" \
   --weight-decay 0.1 --clip-grad 1.0 --attention-dropout 0.0 --hidden-dropout 0.0 \
-  --data-path "${DATA_PREFIX}_text_document" --split 98,2,0 \
-  --tokenizer-type GPT2BPETokenizer --vocab-file "$TOKENIZER/vocab.json" --merge-file "$TOKENIZER/merges.txt" \
+  --data-path "${GPT_DATA_PREFIX}_text_document" --split 98,2,0 \
+  --tokenizer-type GPT2BPETokenizer --vocab-file "$GPT_TOKENIZER/vocab.json" --merge-file "$GPT_TOKENIZER/merges.txt" \
   --log-interval 10 --eval-interval 100 --eval-iters 5 \
   --save checkpoints/curriculum_gpt --save-interval 100 --tensorboard-dir runs/curriculum_gpt \
   --deepspeed --deepspeed_config "$DS_CONFIG"

@@ -7,15 +7,9 @@
 #   MLP_TYPE      standard (default) or residual (Residual MoE); TOPK 1 (default) or 2; TRAIN_ITERS (200)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -c "import deepspeed" 2>/dev/null || bash tools/install.sh
+source examples_deepspeed/common.sh
 
-DATA_PREFIX=data/processed/kjv
-TOKENIZER=data/tokenizer/gpt2-bpe
-if [ ! -f "${DATA_PREFIX}_text_document.idx" ]; then
-  python3 tools/preprocess_data.py --input data/corpus/kjv.jsonl --json-keys text \
-    --output-prefix "$DATA_PREFIX" --tokenizer-type GPT2BPETokenizer \
-    --vocab-file "$TOKENIZER/vocab.json" --merge-file "$TOKENIZER/merges.txt" --append-eod --workers 2
-fi
+preprocess_gpt_corpus
 
 NUM_GPUS=${NUM_GPUS:-1}
 EP_SIZE=${EP_SIZE:-$NUM_GPUS}
@@ -28,7 +22,7 @@ sed -e "s/\"train_batch_size\": 16/\"train_batch_size\": $GLOBAL_BATCH/" \
     -e "s/\"train_micro_batch_size_per_gpu\": 8/\"train_micro_batch_size_per_gpu\": $MICRO_BATCH/" \
     ds_configs/ds_config_gpt_moe.json > "$DS_CONFIG"
 
-deepspeed --num_gpus "$NUM_GPUS" pretrain_gpt.py \
+deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT" pretrain_gpt.py \
   --num-layers 4 --hidden-size 256 --num-attention-heads 4 --seq-length 128 --max-position-embeddings 128 \
   --num-experts "${EXPERTS[@]}" --expert-interval 2 --moe-expert-parallel-size "$EP_SIZE" \
   --topk "${TOPK:-1}" --mlp-type "${MLP_TYPE:-standard}" --moe-train-capacity-factor 1.0 \
@@ -36,8 +30,8 @@ deepspeed --num_gpus "$NUM_GPUS" pretrain_gpt.py \
   --micro-batch-size "$MICRO_BATCH" --global-batch-size "$GLOBAL_BATCH" \
   --train-iters "${TRAIN_ITERS:-200}" --lr 1e-3 --min-lr 1e-4 --lr-decay-style cosine --lr-warmup-iters 20 \
   --weight-decay 0.1 --clip-grad 1.0 --attention-dropout 0.0 --hidden-dropout 0.0 \
-  --data-path "${DATA_PREFIX}_text_document" --split 98,2,0 \
-  --tokenizer-type GPT2BPETokenizer --vocab-file "$TOKENIZER/vocab.json" --merge-file "$TOKENIZER/merges.txt" \
+  --data-path "${GPT_DATA_PREFIX}_text_document" --split 98,2,0 \
+  --tokenizer-type GPT2BPETokenizer --vocab-file "$GPT_TOKENIZER/vocab.json" --merge-file "$GPT_TOKENIZER/merges.txt" \
   --log-interval 10 --eval-interval 100 --eval-iters 5 \
   --save checkpoints/moe_gpt --save-interval 100 --tensorboard-dir runs/moe_gpt \
   --deepspeed --deepspeed_config "$DS_CONFIG"

@@ -5,15 +5,9 @@
 # NUM_GPUS sets the number of processes (default 1); TRAIN_ITERS the length (default 200).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/install.sh
+source examples_deepspeed/common.sh
 
-DATA_PREFIX=data/processed/kjv_bert
-VOCAB=data/tokenizer/bert-wordpiece/vocab.txt
-if [ ! -f "${DATA_PREFIX}_text_sentence.idx" ]; then
-  python3 tools/preprocess_data.py --input data/corpus/kjv.jsonl --json-keys text \
-    --output-prefix "$DATA_PREFIX" --tokenizer-type BertWordPieceLowerCase --vocab-file "$VOCAB" \
-    --split-sentences --workers 2
-fi
+preprocess_sentence_corpus
 
 NUM_GPUS=${NUM_GPUS:-1}
 GLOBAL_BATCH=16
@@ -24,14 +18,14 @@ sed -e "s/\"train_batch_size\": 16/\"train_batch_size\": $GLOBAL_BATCH/" \
     -e "s/\"train_micro_batch_size_per_gpu\": 8/\"train_micro_batch_size_per_gpu\": $MICRO_BATCH/" \
     ds_configs/ds_config_gpt.json > "$DS_CONFIG"
 
-deepspeed --num_gpus "$NUM_GPUS" pretrain_bert.py \
+deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT" pretrain_bert.py \
   --num-layers 4 --hidden-size 256 --num-attention-heads 4 --seq-length 128 --max-position-embeddings 128 \
   --micro-batch-size "$MICRO_BATCH" --global-batch-size "$GLOBAL_BATCH" \
   --train-iters "${TRAIN_ITERS:-200}" --lr 1e-3 --min-lr 1e-4 --lr-decay-style cosine --lr-warmup-iters 20 \
   --weight-decay 0.01 --clip-grad 1.0 --attention-dropout 0.1 --hidden-dropout 0.1 \
   --mask-prob 0.15 --short-seq-prob 0.1 \
-  --data-path "${DATA_PREFIX}_text_sentence" --split 98,2,0 \
-  --tokenizer-type BertWordPieceLowerCase --vocab-file "$VOCAB" \
+  --data-path "${SENTENCE_DATA_PREFIX}_text_sentence" --split 98,2,0 \
+  --tokenizer-type BertWordPieceLowerCase --vocab-file "$BERT_VOCAB" \
   --log-interval 10 --eval-interval 100 --eval-iters 5 \
   --save checkpoints/bert_quick --save-interval 100 --tensorboard-dir runs/bert_quick \
   --deepspeed --deepspeed_config "$DS_CONFIG" --zero-stage 1

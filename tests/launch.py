@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from megatron.training.distributed import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VOCAB_FILE = REPO_ROOT / "data" / "tokenizer" / "gpt2-bpe" / "vocab.json"
@@ -69,12 +70,6 @@ def launch(command: list[str], env: dict, timeout: int) -> subprocess.CompletedP
     return run(command, env)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class RunResult:
     returncode: int
@@ -102,18 +97,21 @@ def run_pretrain(
     launcher: str = "torchrun",
     timeout: int = 600,
     script: str = "pretrain_gpt.py",
+    port: int | None | str = "free",
 ) -> RunResult:
     """``nproc`` processes of ``script`` (``pretrain_gpt.py``, ``pretrain_bert.py``, ``pretrain_t5.py``) on
-    CPU; DeepSpeed picks its CPU accelerator and gloo."""
+    CPU; DeepSpeed picks its CPU accelerator and gloo. ``port``: the rendezvous port, a free one by default;
+    None leaves ``MASTER_PORT`` unset for a single process without a launcher."""
     env = {**os.environ, "OMP_NUM_THREADS": "1" if nproc > 1 else "2", "WANDB_MODE": "offline"}
     env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
     script = str(REPO_ROOT / script)
-    port = str(free_port())
+    port = str(free_port() if port == "free" else port)
     if launcher == "deepspeed":
         command = ["deepspeed", "--num_gpus", str(nproc), "--master_port", port, script, *flags]
     elif nproc == 1 and launcher == "python":
         command = [sys.executable, script, *flags]
-        env["MASTER_PORT"] = port
+        if port != "None":
+            env["MASTER_PORT"] = port
     else:
         command = [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),

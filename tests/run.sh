@@ -3,6 +3,6 @@
 # (slow multi-process cases included). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/install.sh
+bash tools/install.sh test
 export WANDB_MODE=offline WANDB_SILENT=true
 python3 -m pytest tests "$@"

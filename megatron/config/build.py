@@ -14,6 +14,8 @@ import dataclasses
 import importlib.util
 import os
 
+from deepspeed.accelerator import get_accelerator
+
 from megatron.config import ds_config, parallelism, schedules
 from megatron.config.curriculum import curriculum_config, shortest_seq_length
 from megatron.config.errors import ConfigError, flag_dest, require_positive
@@ -35,7 +37,9 @@ from megatron.config.schema import (
     LoggingConfig,
     ModelConfig,
     OptimizerConfig,
+    ParallelConfig,
     PrecisionConfig,
+    RecomputeConfig,
 )
 
 _REQUIRED_FLAGS = (
@@ -118,6 +122,8 @@ def build_config(
     clip = ds_config.clip_grad(ds, args)
     stage = ds_config.zero_stage(ds, args)
     _check_fp16_stage(precision, stage, ds.path)
+    kernels = _kernel_config(args)
+    _check_cuda_graph_layout(kernels, model_type, parallel, recompute, moe.enabled, stage)
     parallelism.check_pipeline_zero_stage(parallel, stage, ds.path)
     check_moe_zero_stage(moe, stage, ds.path)
     check_moe_tokens(moe, batch.micro_batch_size, shortest_seq_length(curriculum, model.seq_length))
@@ -141,7 +147,7 @@ def build_config(
         checkpoint=checkpoint,
         deepspeed=DeepSpeedConfig(config_path=ds.path, ds_config=reconciled, zero_stage=stage),
         recompute=recompute,
-        kernels=_kernel_config(args),
+        kernels=kernels,
         moe=moe,
         curriculum=curriculum,
         masked_lm=masked_lm,
@@ -167,6 +173,61 @@ def _kernel_config(args: argparse.Namespace) -> KernelConfig:
         compile_mode=args.torch_compile_mode or "default",
         use_flash_attn=args.use_flash_attn,
     )
+
+
+def _check_cuda_graph_layout(
+    kernels: KernelConfig,
+    model_type: str,
+    parallel: ParallelConfig,
+    recompute: RecomputeConfig,
+    moe_enabled: bool,
+    stage: int,
+) -> None:
+    """CUDA graphs (reduce-overhead, max-autotune) only where the whole GPT compiles as one graph, the
+    layout where they were run on a GPU. Elsewhere the model compiles in pieces around graph breaks, whose
+    outputs a later replay overwrites while eager code still holds them (seen with tensor parallelism on two
+    H200s), and DeepSpeed's pipeline engine keeps gradients across its schedule's replays."""
+    if not kernels.uses_cuda_graphs:
+        return
+    reasons = [
+        (model_type != "gpt", f"{model_type.upper()} compiles layer by layer"),
+        (parallel.tensor_model_parallel_size > 1, "--tensor-model-parallel-size > 1"),
+        (parallel.ds_sequence_parallel_size > 1, "--ds-sequence-parallel-size > 1"),
+        (parallel.pipeline_model_parallel_size > 1, "--pipeline-model-parallel-size > 1"),
+        (recompute.granularity is not None, f"--recompute-granularity {recompute.granularity}"),
+        (moe_enabled, "--num-experts"),
+        (stage == 3, "ZeRO stage 3"),
+    ]
+    found = [reason for applies, reason in reasons if applies]
+    if found:
+        raise ConfigError(
+            f"--torch-compile-mode {kernels.compile_mode} replays CUDA graphs, which this toolkit runs only "
+            f"where the whole GPT is one compiled graph; here {', '.join(found)} split(s) it. Use "
+            "--torch-compile-mode default (or max-autotune-no-cudagraphs), or drop what splits the graph."
+        )
+
+
+def check_device_precision(config: Config) -> None:
+    """The entry points' check of this machine against the config, before any process group starts.
+
+    DeepSpeed refuses a half precision its accelerator lacks only once the engine is built (fp16 on a CPU
+    whose PyTorch has no oneDNN fp16 kernels for it, bf16 on a GPU older than Ampere). Apart from
+    :func:`build_config`, which checks a config for any machine.
+    """
+    precision, ds_path = config.precision, config.deepspeed.config_path
+    accelerator = get_accelerator()
+    device = accelerator.device_name()
+    for enabled, name, supported, instead in (
+        (precision.fp16, "fp16", accelerator.is_fp16_supported, "--bf16"),
+        (precision.bf16, "bf16", accelerator.is_bf16_supported, "--fp16 (with ZeRO stage 1 or more)"),
+    ):
+        if enabled and not supported():
+            hint = " (on a CPU, oneDNN needs AVX512-FP16 or AMX for it)" if device == "cpu" else ""
+            raise ConfigError(
+                f"--{name} (or {name}.enabled in {ds_path}): PyTorch has no {name} kernels for this {device}"
+                f"{hint}, so DeepSpeed refuses {name} here. Use {instead}, or neither flag for fp32, or a "
+                "device that has them."
+            )
 
 
 def _check_fp16_stage(precision: PrecisionConfig, stage: int, ds_path: str) -> None:

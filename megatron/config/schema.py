@@ -81,6 +81,11 @@ class KernelConfig:
     compile_mode: CompileMode = "default"
     use_flash_attn: bool = False
 
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Whether torch.compile replays CUDA graphs (its reduce-overhead and max-autotune modes)."""
+        return self.torch_compile and self.compile_mode in ("reduce-overhead", "max-autotune")
+
 
 @dataclass(frozen=True)
 class RecomputeConfig:

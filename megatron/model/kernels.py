@@ -35,6 +35,8 @@ def compiles_as_one_graph(model: nn.Module) -> bool:
         return False
     if model.context.tensor_size > 1 or model.context.ulysses_size > 1:
         return False
+    if model.language_model.encoder.recompute_chunks:
+        return False
     return not any(
         layer.recompute_layer or layer.self_attention.recompute_core or isinstance(layer.mlp, MoEMLP)
         for layer in model.transformer_layers

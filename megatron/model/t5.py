@@ -12,6 +12,8 @@ Names are Megatron's (``language_model.decoder.layers.N.inter_attention.key_valu
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -34,7 +36,7 @@ from megatron.parallel.layers import (
     set_tensor_parallel_attributes,
 )
 from megatron.parallel.mappings import gather_from_tensor_parallel_region
-from megatron.parallel.random import init_generator, recompute, tensor_parallel_rng
+from megatron.parallel.random import heads_are_split, init_generator, recompute, run_in_rank_stream
 
 # init_generator path of decoder layer N: (DECODER_INIT_PATH, N); the encoder's layers use (N,).
 DECODER_INIT_PATH = -10
@@ -48,6 +50,7 @@ class CrossAttention(nn.Module):
         self.local_heads = config.num_attention_heads // context.tensor_size
         self.head_dim = config.head_dim
         self.attention_dropout = config.attention_dropout
+        self.heads_split = heads_are_split(context)
         hidden, projection = config.hidden_size, config.num_attention_heads * config.head_dim
         std = config.init_method_std
         self.query = ColumnParallelLinear(hidden, projection, context, std, generator=generator)
@@ -66,8 +69,8 @@ class CrossAttention(nn.Module):
             self.head_dim, -1
         )
         dropout = self.attention_dropout if self.training else 0.0
-        with tensor_parallel_rng(active=dropout > 0):
-            context = masked_sdpa_attention(query, key, value, encoder_mask, dropout)
+        attend = partial(masked_sdpa_attention, query, key, value, encoder_mask, dropout)
+        context = run_in_rank_stream(attend) if dropout > 0 and self.heads_split else attend()
         return self.dense(context.reshape(batch, seq, -1))
 
 

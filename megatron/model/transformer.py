@@ -22,7 +22,13 @@ from megatron.config.schema import ModelConfig, MoEConfig, RecomputeConfig
 from megatron.model.moe import MoEMLP, expert_parallel_rank, moe_losses
 from megatron.parallel.context import ParallelContext
 from megatron.parallel.layers import ColumnParallelLinear, LayerNorm, RowParallelLinear
-from megatron.parallel.random import init_generator, recompute, tensor_parallel_rng
+from megatron.parallel.random import (
+    heads_are_split,
+    init_generator,
+    recompute,
+    run_in_rank_stream,
+    tensor_parallel_rng,
+)
 
 
 def sdpa_attention(
@@ -74,6 +80,7 @@ class SelfAttention(nn.Module):
         self.local_heads = config.num_attention_heads // context.tensor_size
         self.head_dim = config.head_dim
         self.attention_dropout = config.attention_dropout
+        self.heads_split = heads_are_split(context)
         self.recompute_core = recompute_core
         # Causal (GPT, T5's decoder) or bidirectional under a padding mask (BERT, T5's encoder).
         self.causal = causal
@@ -104,14 +111,18 @@ class SelfAttention(nn.Module):
         value: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``[batch, sequence, heads, head_dim]`` in and out; heads are split, so dropout differs per rank.
+        """``[batch, sequence, heads, head_dim]`` in and out; where heads are split over ranks, dropout
+        draws from the per-rank stream.
         ``attention_mask`` (bidirectional attention only): True where a query may attend to a key,
         broadcastable to ``[batch, heads, queries, keys]``."""
         dropout = self.attention_dropout if self.training else 0.0
-        with tensor_parallel_rng(active=dropout > 0):
-            if self.causal:
-                return self.attention_kernel(query, key, value, dropout)
-            return masked_sdpa_attention(query, key, value, attention_mask, dropout)
+        if self.causal:
+            attend = partial(self.attention_kernel, query, key, value, dropout)
+        else:
+            attend = partial(masked_sdpa_attention, query, key, value, attention_mask, dropout)
+        if dropout > 0 and self.heads_split:
+            return run_in_rank_stream(attend)
+        return attend()
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         mixed = self.query_key_value(hidden)

@@ -9,8 +9,8 @@ both streams when it recomputes a layer, so dropout masks are identical in the r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import deepspeed
@@ -20,6 +20,8 @@ from deepspeed.runtime.activation_checkpointing import checkpointing as ds_check
 from megatron.parallel.context import ParallelContext
 
 TENSOR_PARALLEL_SEED_OFFSET = 2718
+# Whether this process is inside tensor_parallel_rng() (one process runs one model, one thread at a time).
+_rank_stream_active = False
 
 
 def init_generator(seed: int, *path: int) -> torch.Generator:
@@ -45,17 +47,45 @@ def seed_tensor_parallel_rng(seed: int, context: ParallelContext) -> None:
     )
 
 
-def tensor_parallel_rng(active: bool = True) -> AbstractContextManager:
+def heads_are_split(context: ParallelContext) -> bool:
+    """Whether attention heads are spread over ranks (tensor parallelism or DeepSpeed-Ulysses), so that
+    attention dropout must draw from the per-rank stream. With whole heads on every rank the default
+    stream serves: it is seeded alike on the data-parallel replicas, as the per-rank stream would be."""
+    return context.tensor_size > 1 or context.ulysses_size > 1
+
+
+@contextmanager
+def tensor_parallel_rng(active: bool = True) -> Iterator[None]:
     """Run the block with the per-rank stream (for dropout on split activations); ``active`` False (no
-    dropout in the block) runs it as it is, so that evaluation and dropout-free models need no seeding."""
-    if not active:
-        return nullcontext()
+    dropout in the block) runs it as it is, so that evaluation and dropout-free models need no seeding.
+
+    Re-entering while the stream is already active (attention dropout inside a sequence-parallel region)
+    keeps drawing from it: DeepSpeed's tracker would restart the inner block from the state the outer one
+    began with, and the two regions would reuse the same random numbers.
+    """
+    global _rank_stream_active
+    if not active or _rank_stream_active:
+        yield
+        return
     tracker = ds_checkpointing.get_cuda_rng_tracker()
     if ds_checkpointing._MODEL_PARALLEL_RNG_TRACKER_NAME not in tracker.get_states():
         raise RuntimeError(
             "the tensor-parallel RNG stream is not seeded: call seed_tensor_parallel_rng() first"
         )
-    return tracker.fork()
+    with tracker.fork():
+        _rank_stream_active = True
+        try:
+            yield
+        finally:
+            _rank_stream_active = False
+
+
+@torch.compiler.disable
+def run_in_rank_stream(function: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+    """``function`` under :func:`tensor_parallel_rng`, always eager: swapping the generator's state cannot
+    be traced, so a compiled caller breaks its graph here once instead of at every state access inside."""
+    with tensor_parallel_rng():
+        return function(*args, **kwargs)
 
 
 def tensor_parallel_rng_state() -> dict:
@@ -73,6 +103,23 @@ def configure_recomputation(context: ParallelContext, ds_config: Mapping[str, An
     deepspeed.checkpointing.configure(context, deepspeed_config=dict(ds_config) if ds_config else None)
 
 
+@torch.compiler.disable
 def recompute(function: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
-    """``function(*args)`` whose activations are dropped and recomputed in backward, RNG streams replayed."""
-    return deepspeed.checkpointing.checkpoint(function, *args)
+    """``function(*args)`` whose activations are dropped and recomputed in backward, RNG streams replayed.
+
+    Whether the per-rank stream was active is replayed too, so that a block that joined an enclosing
+    stream in the forward pass (see :func:`tensor_parallel_rng`) joins it again when recomputed. Always
+    eager (DeepSpeed's checkpoint saves and restores generator states); compiled modules inside it still
+    run compiled.
+    """
+    joined_stream = _rank_stream_active
+
+    def replay(*inputs: torch.Tensor) -> torch.Tensor:
+        global _rank_stream_active
+        outer, _rank_stream_active = _rank_stream_active, joined_stream
+        try:
+            return function(*inputs)
+        finally:
+            _rank_stream_active = outer
+
+    return deepspeed.checkpointing.checkpoint(replay, *args)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 from dataclasses import dataclass
 
 import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
+from torch.utils import cpp_extension
+
+from megatron.config.errors import ConfigError
+
+logger = logging.getLogger("megatron")
 
 
 @dataclass(frozen=True)
@@ -24,22 +31,63 @@ class DistributedContext:
 
 
 def initialize_distributed() -> DistributedContext:
-    """Start (or join) the default process group; a single process without a launcher gets a group of one."""
+    """Start (or join) the default process group; a single process without a launcher gets a group of one,
+    on ``MASTER_PORT`` or else on a free port.
+
+    A port that another process holds is reported as a :class:`ConfigError` naming ``MASTER_PORT``.
+    """
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     accelerator = get_accelerator()
     if accelerator.device_name() == "cuda":
         torch.cuda.set_device(local_rank)
-    if "MASTER_ADDR" not in os.environ:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29500"))
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("LOCAL_RANK", "0")
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        # One process, launched or not: what a launcher did not set has one right value, or any free port.
+        single = {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+        for name, value in single.items():
+            os.environ.setdefault(name, value)
+        if "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = str(free_port())
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), verbose=False)
+        announce_op_build(accelerator)
+        try:
+            deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), verbose=False)
+        except dist.DistNetworkError as error:
+            if "EADDRINUSE" not in str(error):
+                raise
+            raise ConfigError(
+                f"MASTER_PORT {os.environ['MASTER_PORT']} on {os.environ['MASTER_ADDR']} is already in use "
+                "(another run, or another service): set MASTER_PORT to a free port (the deepspeed launcher "
+                "and torchrun take --master_port), or stop the process that holds it."
+            ) from None
     device = torch.device(
         accelerator.device_name(local_rank) if accelerator.device_name() != "cpu" else "cpu"
     )
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on now, for a process group of one."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def announce_op_build(accelerator) -> None:
+    """DeepSpeed compiles its shared-memory communication op for CPUs the first time a process group starts
+    on a machine, silently, for about a minute: say so before it does."""
+    if accelerator.device_name() != "cpu":
+        return
+    builder = accelerator.create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return
+    build_directory = cpp_extension._get_build_directory(builder.name, verbose=False)
+    if not os.path.exists(os.path.join(build_directory, f"{builder.name}.so")):
+        logger.info(
+            "DeepSpeed is compiling its CPU communication op (%s, into %s): once per machine, about a "
+            "minute",
+            builder.name,
+            build_directory,
+        )
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 import deepspeed
@@ -21,7 +21,8 @@ from megatron.parallel.random import configure_recomputation, seed_tensor_parall
 from megatron.training.grad_norm import GradientClipper, mark_for_deepspeed_norm
 from megatron.training.lr_schedule import LRScheduler
 from megatron.training.optimizer import build_optimizer
-from megatron.training.rng import set_seed
+from megatron.training.rng import set_seed, stage_seed
+from megatron.training.step import Batch, StepResult, pipeline_train_step, train_step
 
 logger = logging.getLogger("megatron")
 
@@ -36,6 +37,17 @@ class TrainingEngine:
     # Set when DeepSpeed does not wrap the optimizer (ZeRO 0 in fp32 or bf16 autocast): then this clips and
     # keeps the gradient norm, which DeepSpeed does not.
     clipper: GradientClipper | None
+    # The compiled model replays CUDA graphs (train_step keeps accumulated gradients out of their memory).
+    replays_cuda_graphs: bool = False
+
+    def train_step(self, micro_batches: Iterator[Batch], num_micro_batches: int) -> StepResult:
+        """One iteration: ``num_micro_batches`` micro batches, then the update, through the plain engine or
+        on DeepSpeed's pipeline schedule."""
+        if self.is_pipeline:
+            return pipeline_train_step(self.engine, micro_batches, self.clipper)
+        return train_step(
+            self.engine, micro_batches, num_micro_batches, self.clipper, self.replays_cuda_graphs
+        )
 
 
 @dataclass(frozen=True)
@@ -107,9 +119,10 @@ def build_engine(config: Config, context: ParallelContext, model_provider: Model
     gradients over the data-parallel and Ulysses ranks, and gradient clipping counts tensor-parallel shards
     once.
     """
-    set_seed(config.seed)
+    seed = stage_seed(config.seed, context.pipeline_rank)
+    set_seed(seed)
     configure_recomputation(context, config.deepspeed.ds_config if config.recompute.deepspeed else None)
-    seed_tensor_parallel_rng(config.seed, context)
+    seed_tensor_parallel_rng(seed, context)
     model = model_provider(config, context)
     is_pipeline = isinstance(model, PipelineModule)
     if is_pipeline:
@@ -160,4 +173,4 @@ def build_engine(config: Config, context: ParallelContext, model_provider: Model
             # One replica: DeepSpeed's fallback all-reduce would still flatten every gradient into one
             # buffer and copy it back after each accumulation window, for nothing.
             engine.enable_backward_allreduce = False
-    return TrainingEngine(engine, lr_scheduler, is_pipeline, clipper)
+    return TrainingEngine(engine, lr_scheduler, is_pipeline, clipper, config.kernels.uses_cuda_graphs)

@@ -12,15 +12,17 @@ from megatron.training.distributed import shutdown_distributed
 
 
 def configure_logging() -> None:
-    """Rank 0 logs progress; other ranks only warnings, so a 64-rank job prints one log line per interval."""
+    """Rank 0 logs the toolkit's progress; other ranks only warnings, so a 64-rank job prints one log line
+    per interval. Other libraries log warnings only (not the compiler commands of DeepSpeed's op checks)."""
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
+        level=logging.WARNING,
         format="[%(asctime)s] %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
         stream=sys.stdout,
         force=True,
     )
+    logging.getLogger("megatron").setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -20,13 +21,7 @@ from megatron.training.data_provider import DataProvider, GPTData
 from megatron.training.distributed import DistributedContext, all_reduce_mean, any_rank
 from megatron.training.engine import ModelProvider, build_engine
 from megatron.training.metrics import MetricsWriter, format_duration, format_log_line
-from megatron.training.step import (
-    Batch,
-    evaluate,
-    pipeline_evaluate,
-    pipeline_train_step,
-    train_step,
-)
+from megatron.training.step import Batch, evaluate, pipeline_evaluate
 from megatron.training.throughput import flops_per_token
 
 logger = logging.getLogger("megatron")
@@ -87,9 +82,9 @@ class Pretraining:
             batch.gradient_accumulation_steps,
             config.deepspeed.zero_stage,
         )
-        built = build_engine(config, parallel, model_provider)
-        self.engine, self.lr_scheduler = built.engine, built.lr_scheduler
-        self.is_pipeline, self.clipper = built.is_pipeline, built.clipper
+        self.built = build_engine(config, parallel, model_provider)
+        self.engine, self.lr_scheduler = self.built.engine, self.built.lr_scheduler
+        self.is_pipeline = self.built.is_pipeline
         self.state = TrainState()
         if config.checkpoint.load:
             self.state = load_checkpoint(
@@ -98,6 +93,7 @@ class Pretraining:
         self.metrics = MetricsWriter(config, context.is_main)
         self.start_time = time.time()
         self.curriculum = SeqLengthCurriculum(config.curriculum) if config.curriculum else None
+        self._evaluated = False  # whether this run has evaluated yet (the first one compiles its graphs)
         # The sequence length the pipeline engine's buffers were last shaped for (curriculum only).
         self._pipeline_seq_length = config.model.seq_length
         self._build_data()
@@ -164,12 +160,11 @@ class Pretraining:
             micro_batches = global_batch // (batch_config.micro_batch_size * batch_config.data_parallel_size)
             seq_length = self.curriculum.seq_length_at(state.iteration + 1) if self.curriculum else None
             batches = self._train_batches(seq_length)
-            if self.is_pipeline:
-                self._shape_pipeline_for(seq_length or tokens_per_sample)
-                result = pipeline_train_step(self.engine, batches, self.clipper)
-            else:
-                result = train_step(self.engine, batches, micro_batches, self.clipper)
+            self._shape_pipeline_for(seq_length or tokens_per_sample)
+            result = self.built.train_step(batches, micro_batches)
             state.iteration += 1
+            if state.iteration == first_iteration + 1:
+                self._log_compile_time("training iteration", window.elapsed())
             state.consumed_train_samples += global_batch
             tokens = global_batch * (seq_length or tokens_per_sample)
             if result.update_applied:
@@ -181,9 +176,17 @@ class Pretraining:
             if state.iteration % config.logging.log_interval == 0:
                 self._log(window, global_batch, flops, state.iteration - first_iteration)
                 window = _LogWindow(self.context.device)
-            if self.valid_batches is not None and state.iteration % config.logging.eval_interval == 0:
-                self._evaluate(f"iteration {state.iteration}")
-            saved = self._maybe_save()
+            evaluate_now = (
+                self.valid_batches is not None and state.iteration % config.logging.eval_interval == 0
+            )
+            saved = self._save_due()
+            if evaluate_now or saved:
+                # Left out of the interval's throughput, as Megatron leaves them out.
+                with window.paused():
+                    if evaluate_now:
+                        self._evaluate(f"iteration {state.iteration}")
+                    if saved:
+                        save_checkpoint(self.engine, config.checkpoint.save, state, self.lr_scheduler, config)
             if self._should_exit():
                 if not saved and config.checkpoint.save:
                     save_checkpoint(self.engine, config.checkpoint.save, state, self.lr_scheduler, config)
@@ -201,16 +204,13 @@ class Pretraining:
         self.metrics.close()
         return state
 
-    def _maybe_save(self) -> bool:
+    def _save_due(self) -> bool:
         checkpoint = self.config.checkpoint
-        if (
+        return bool(
             checkpoint.save
             and checkpoint.save_interval
             and self.state.iteration % checkpoint.save_interval == 0
-        ):
-            save_checkpoint(self.engine, checkpoint.save, self.state, self.lr_scheduler, self.config)
-            return True
-        return False
+        )
 
     def _should_exit(self) -> bool:
         duration = self.config.duration
@@ -221,6 +221,12 @@ class Pretraining:
             return any_rank(elapsed_mins > duration.exit_duration_in_mins, self.context.device)
         return False
 
+    def _log_compile_time(self, what: str, seconds: float) -> None:
+        """With --torch-compile, how long the first training iteration (or evaluation) of this run took:
+        mostly compilation (the evaluation graphs are compiled apart), with CUDA graphs their recording."""
+        if self.config.kernels.torch_compile:
+            logger.info("torch.compile: the first %s took %.1f s, compilation included", what, seconds)
+
     def _evaluate(self, where: str) -> None:
         config = self.config
         micro_batches = config.batch.global_batch_size // (
@@ -228,9 +234,13 @@ class Pretraining:
         )
         evaluate_fn = pipeline_evaluate if self.is_pipeline else evaluate
         self._shape_pipeline_for(config.model.seq_length)
+        start = time.time()
         loss = all_reduce_mean(
             evaluate_fn(self.engine, self.valid_batches, micro_batches * config.logging.eval_iters)
         )
+        if not self._evaluated:
+            self._log_compile_time("evaluation", time.time() - start)
+            self._evaluated = True
         self.state.consumed_valid_samples += config.logging.eval_iters * config.batch.global_batch_size
         value = loss.item()
         ppl = math.exp(min(20.0, value))
@@ -306,6 +316,8 @@ class _LogWindow:
 
     def __init__(self, device: torch.device):
         self.start = time.time()
+        self.excluded_seconds = 0.0
+        self.device = device
         self.loss_sum = torch.zeros((), device=device)
         self.nan_count = torch.zeros((), device=device)
         self.iterations = 0
@@ -329,8 +341,26 @@ class _LogWindow:
         self.skipped += 0 if result.update_applied else 1
         self.grad_norm = result.grad_norm
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the block's time (evaluation, checkpoints) out of the interval; the training work queued
+        before it still counts."""
+        self._synchronize()
+        start = time.time()
+        try:
+            yield
+        finally:
+            self._synchronize()
+            self.excluded_seconds += time.time() - start
+
     def elapsed(self) -> float:
-        return max(1e-9, time.time() - self.start)
+        """Training time since the window began, queued device work included."""
+        self._synchronize()
+        return max(1e-9, time.time() - self.start - self.excluded_seconds)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def last_grad_norm(self) -> float | None:
         if self.grad_norm is None:

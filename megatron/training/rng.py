@@ -13,6 +13,14 @@ import torch
 
 from megatron.parallel.random import set_tensor_parallel_rng_state, tensor_parallel_rng_state
 
+PIPELINE_STAGE_SEED_STRIDE = 100
+
+
+def stage_seed(seed: int, pipeline_rank: int) -> int:
+    """The seed of a pipeline stage's random streams (Megatron's offset of 100 per stage), so that stages
+    draw different dropout masks; weights are initialised from generators of their own."""
+    return seed + PIPELINE_STAGE_SEED_STRIDE * pipeline_rank
+
 
 def set_seed(seed: int) -> None:
     random.seed(seed)

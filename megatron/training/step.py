@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from megatron.parallel.context import ParallelContext
 from megatron.training.grad_norm import GradientClipper
@@ -86,22 +87,39 @@ def split_losses(output: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tu
     return tuple(output) if isinstance(output, tuple) else (output, None)
 
 
+def move_grads_out_of_graph_memory(module: nn.Module) -> None:
+    """Give every ``.grad`` memory of its own, before the next micro batch replays the CUDA graphs.
+
+    A replayed CUDA graph (torch.compile's reduce-overhead) writes its outputs into memory that the next
+    replay reuses, and autograd keeps the first backward's gradient outputs as the parameters' ``.grad``
+    instead of copying them; accumulating the next micro batch's gradients into them would read memory
+    that replay has overwritten. One copy per micro batch but the last, none without accumulation.
+    """
+    for param in module.parameters():
+        if param.grad is not None:
+            param.grad = param.grad.clone()
+
+
 def train_step(
     engine,
     micro_batches: Iterator[Batch],
     num_micro_batches: int,
     clipper: GradientClipper | None = None,
+    replays_cuda_graphs: bool = False,
 ) -> StepResult:
     """Forward and backward over ``num_micro_batches``, then the engine's optimizer step at the boundary.
 
     DeepSpeed steps the optimizer on the last micro batch of the accumulation window by itself. When the
     engine does not wrap the optimizer (ZeRO 0 in fp32 or bf16 autocast) ``clipper`` keeps the gradient
     norm: the engine has it clip at the update, and without clipping it is measured here, before the
-    update. Either way without a host sync.
+    update. Either way without a host sync. ``replays_cuda_graphs``: the model runs as CUDA graphs (see
+    :func:`move_grads_out_of_graph_memory`).
     """
     loss_sum = torch.zeros((), device=engine.device)
     aux_loss_sum = None
     for index in range(num_micro_batches):
+        if replays_cuda_graphs and index > 0:
+            move_grads_out_of_graph_memory(engine.module)
         batch = next(micro_batches)
         loss, aux_loss = split_losses(engine(*batch.model_inputs()))
         engine.backward(loss if aux_loss is None else loss + aux_loss)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -325,9 +326,36 @@ def test_flash_attn_flag_needs_the_package(tmp_path, monkeypatch):
 def test_torch_compile_mode_needs_torch_compile(tmp_path):
     with pytest.raises(ConfigError, match="--torch-compile-mode reduce-overhead without --torch-compile"):
         build(tmp_path, {"--torch-compile-mode": "reduce-overhead"})
-    kernels = build(tmp_path, {"--torch-compile": True, "--torch-compile-mode": "max-autotune"}).kernels
-    assert kernels.torch_compile and kernels.compile_mode == "max-autotune"
+    changes = {"--torch-compile": True, "--torch-compile-mode": "max-autotune", **ONE_GRAPH}
+    kernels = build(tmp_path, changes).kernels
+    assert kernels.torch_compile and kernels.compile_mode == "max-autotune" and kernels.uses_cuda_graphs
     assert build(tmp_path, {"--torch-compile": True}).kernels.compile_mode == "default"
+
+
+# The recipe recomputes through DeepSpeed's activation checkpointing; without it the GPT is one graph.
+ONE_GRAPH = {"--deepspeed-activation-checkpointing": None}
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({}, "--recompute-granularity full"),
+        ({**ONE_GRAPH, "--tensor-model-parallel-size": "2"}, "--tensor-model-parallel-size > 1"),
+        ({**ONE_GRAPH, "--pipeline-model-parallel-size": "2"}, "--pipeline-model-parallel-size > 1"),
+        ({**ONE_GRAPH, "--ds-sequence-parallel-size": "2"}, "--ds-sequence-parallel-size > 1"),
+        ({**ONE_GRAPH, "--recompute-granularity": "selective"}, "--recompute-granularity selective"),
+        ({**ONE_GRAPH, "--zero-stage": "3"}, "ZeRO stage 3"),
+    ],
+)
+def test_cuda_graphs_only_where_the_model_is_one_graph(tmp_path, changes, reason):
+    """Seen on two H200s: reduce-overhead with tensor parallelism (the layers compiled in pieces) read a
+    replay's overwritten output after the first evaluation."""
+    compile_flags = {"--torch-compile": True, "--torch-compile-mode": "reduce-overhead"}
+    ds = {key: value for key, value in RECIPE_DS.items() if key != "zero_optimization"}
+    with pytest.raises(ConfigError, match=f"here {re.escape(reason)} split"):
+        build(tmp_path, {**compile_flags, **changes}, ds=ds)
+    plain = build(tmp_path, {"--torch-compile": True, "--torch-compile-mode": "default", **changes}, ds=ds)
+    assert not plain.kernels.uses_cuda_graphs
 
 
 def test_torch_autocast_section_keeps_fp32_weights_in_bf16_autocast(tmp_path):

@@ -62,3 +62,84 @@ def test_one_graph_only_where_nothing_leaves_it():
 
 def test_plain_kernels_are_described():
     assert apply_kernels(GPTModel(small_config()), KernelConfig()) == "eager transformer layers"
+
+
+def compile_counters() -> dict[str, int]:
+    """Graphs Dynamo compiled and graph breaks it met since the last reset."""
+    from torch._dynamo.utils import counters
+
+    return {
+        "graphs": counters["stats"]["unique_graphs"],
+        "breaks": sum(counters["graph_break"].values()),
+    }
+
+
+@pytest.mark.slow
+def test_dropout_keeps_the_model_one_graph():
+    """With whole heads on one rank, dropout draws from the default generator: no generator switch, which
+    Dynamo cannot trace, splits the graph (it once split it in every layer and compiled for minutes)."""
+    from megatron.parallel.context import ParallelContext
+    from megatron.parallel.random import seed_tensor_parallel_rng
+
+    seed_tensor_parallel_rng(7, ParallelContext.single())
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = GPTModel(small_config(num_layers=3, attention_dropout=0.1, hidden_dropout=0.1))
+    assert "one graph" in apply_kernels(model, KernelConfig(torch_compile=True))
+    tokens = torch.randint(0, 128, (2, 17))
+    model(tokens[:, :-1], tokens[:, 1:]).backward()
+    assert compile_counters() == {"graphs": 1, "breaks": 0}
+
+
+RECOMPUTE_MODES = {
+    "none": RecomputeConfig(),
+    "selective": RecomputeConfig(granularity="selective"),
+    "full-uniform-1": RecomputeConfig(granularity="full", method="uniform", num_layers=1),
+    "full-uniform-2": RecomputeConfig(granularity="full", method="uniform", num_layers=2),
+    "full-block-1": RecomputeConfig(granularity="full", method="block", num_layers=1),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(RECOMPUTE_MODES))
+def test_compiled_dropout_gradient_is_that_of_its_forward(single_process_group, mode):
+    """Compiled, with dropout and each recomputation mode: the gradient is the derivative of the loss the
+    forward computed (central differences in float64 from the same generator state). A recomputation that
+    drew other dropout masks than its forward would give the gradient of another function (seen 25% off)."""
+    from megatron.parallel.context import ParallelContext
+    from megatron.parallel.random import configure_recomputation, seed_tensor_parallel_rng
+
+    configure_recomputation(ParallelContext.single(), None)
+    seed_tensor_parallel_rng(7, ParallelContext.single())
+    torch.manual_seed(0)
+    config = small_config(num_layers=3, attention_dropout=0.1, hidden_dropout=0.1)
+    model = GPTModel(config, recompute=RECOMPUTE_MODES[mode]).double()
+    description = apply_kernels(model, KernelConfig(torch_compile=True))
+    assert ("one graph" in description) == (mode == "none"), description
+    tokens = torch.randint(0, 128, (2, 17))
+    start = torch.get_rng_state()
+
+    def loss() -> torch.Tensor:
+        torch.set_rng_state(start)
+        logits = model(tokens[:, :-1])  # float64 logits, unlike the float32 loss of the labels path
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+
+    loss().backward()
+    params = list(model.parameters())
+    direction = [torch.randn_like(p) for p in params]
+    analytic = sum(float((p.grad * d).sum()) for p, d in zip(params, direction))
+
+    def shifted_loss(step: float) -> float:
+        # With gradients on, as in training: the no-grad forward would skip recomputation.
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.add_(step * d)
+        value = loss().detach().item()
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.sub_(step * d)
+        return value
+
+    eps = 1e-5
+    numeric = (shifted_loss(eps) - shifted_loss(-eps)) / (2 * eps)
+    assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-4)

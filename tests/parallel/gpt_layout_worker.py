@@ -9,6 +9,7 @@ to ``OUT.stageN.pt``.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from megatron.config.build import build_config, world_size_from_env  # noqa: E40
 from megatron.parallel.context import ParallelContext, parallel_context_for  # noqa: E402
 from megatron.training.distributed import all_reduce_mean, initialize_distributed  # noqa: E402
 from megatron.training.engine import build_engine  # noqa: E402
-from megatron.training.step import make_batch, pipeline_train_step, train_step  # noqa: E402
+from megatron.training.step import make_batch  # noqa: E402
 from pretrain_gpt import gpt_model_provider  # noqa: E402
 
 VOCAB = 96  # padded to 128 by --make-vocab-size-divisible-by 64 x T
@@ -56,6 +57,9 @@ def synthetic_samples(global_batch: int, seq_length: int, steps: int) -> torch.T
 
 def main() -> None:
     out = sys.argv[1]
+    if os.environ.get("INDUCTOR_FALLBACK_RANDOM") == "1":
+        # Compiled dropout draws through torch's eager random ops, in program order: the masks of eager mode.
+        torch._inductor.config.fallback_random = True
     args = parse_args(sys.argv[2:])
     config = build_config(args, world_size_from_env(), VOCAB)
     distributed = initialize_distributed()
@@ -92,10 +96,7 @@ def main() -> None:
             make_batch({"text": mine[m]}, distributed.device, eod=-1, eod_mask_loss=False, context=context)
             for m in range(micro_batches)
         )
-        if built.is_pipeline:
-            result = pipeline_train_step(engine, batches, built.clipper)
-        else:
-            result = train_step(engine, batches, micro_batches, built.clipper)
+        result = built.train_step(batches, micro_batches)
         losses.append(all_reduce_mean(result.loss).item())
         grad_norms.append(None if result.grad_norm is None else float(result.grad_norm))
     if context.tensor_rank == 0 and context.data_rank == 0 and context.ulysses_rank == 0:

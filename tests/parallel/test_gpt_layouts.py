@@ -36,9 +36,9 @@ def model_flags(tmp_path: Path, zero_stage: int = 0) -> list[str]:
     ]  # fmt: skip
 
 
-def run_layout(tmp_path: Path, name: str, nproc: int, flags: list[str]) -> dict:
+def run_layout(tmp_path: Path, name: str, nproc: int, flags: list[str], **env_vars: str) -> dict:
     out = tmp_path / name
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_vars}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
         "--master_port", str(free_port()), str(WORKER), str(out), *flags,
@@ -187,3 +187,30 @@ def test_fp8_layout_follows_single_fp8_process(tmp_path, fp8_reference, referenc
     for name, grad in fp8_reference["grads"].items():
         error = float((result["grads"][name] - grad).norm() / grad.norm())
         assert error < grad_tolerance, (name, error)
+
+
+# Compiled with dropout where heads or the sequence are split over ranks. With torch.compile's dropout drawn
+# through torch's eager random ops (inductor's fallback_random, set by the worker) a compiled run draws the
+# eager masks, so it must give the eager run's losses and gradients: the per-rank stream is entered and left
+# where eager mode does, and recomputation replays it.
+COMPILED_DROPOUT_LAYOUTS = {
+    "tp2-sequence-parallel-full-recompute": [
+        "--tensor-model-parallel-size", "2", "--sequence-parallel", "--recompute-granularity", "full",
+    ],
+    "ulysses2-selective-recompute": [
+        "--ds-sequence-parallel-size", "2", "--recompute-granularity", "selective",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(COMPILED_DROPOUT_LAYOUTS))
+def test_compiled_dropout_follows_eager(tmp_path, reference, layout):
+    flags = model_flags(tmp_path) + COMPILED_DROPOUT_LAYOUTS[layout]
+    flags += ["--attention-dropout", "0.1", "--hidden-dropout", "0.1"]
+    eager = run_layout(tmp_path, f"{layout}-eager", 2, flags)
+    compiled = run_layout(
+        tmp_path, f"{layout}-compiled", 2, flags + ["--torch-compile"], INDUCTOR_FALLBACK_RANDOM="1"
+    )
+    assert eager["losses"] != pytest.approx(reference["losses"], rel=1e-5)  # dropout did act
+    assert_matches(compiled, eager)

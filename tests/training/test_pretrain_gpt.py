@@ -9,8 +9,9 @@ import re
 
 import pytest
 import torch
+from deepspeed.accelerator import get_accelerator
 
-from tests.launch import run_pretrain, tiny_model_flags, write_ds_config
+from tests.launch import VALID_PATTERN, run_pretrain, tiny_model_flags, write_ds_config
 
 
 def test_single_process_loss_falls_and_checkpoint_is_written(gpt_data_prefix, tmp_path):
@@ -166,6 +167,32 @@ def test_fp8_run_follows_bf16_and_its_checkpoint_resumes_without_fp8(gpt_data_pr
 
 
 @pytest.mark.slow
+def test_compiled_run_with_dropout_accumulation_and_evaluation(gpt_data_prefix, tmp_path):
+    """--torch-compile as users run it: Megatron's default dropout, four micro batches per step, evaluation
+    every two iterations, CUDA-graph mode (on a CPU torch.compile runs it without graphs, but the step keeps
+    accumulated gradients out of graph memory as on a GPU). Without dropout the compiled run gives the eager
+    losses; with dropout it trains, evaluates and logs its compilation time."""
+    ds_config = write_ds_config(tmp_path / "ds.json", 0, torch_autocast={"enabled": True})
+    flags = tiny_model_flags(gpt_data_prefix, 4) + [
+        "--deepspeed_config", str(ds_config), "--eval-interval", "2", "--eval-iters", "1",
+    ]  # fmt: skip
+    compiled_flags = ["--torch-compile", "--torch-compile-mode", "reduce-overhead"]
+    eager = run_pretrain(flags, launcher="python").check()
+    compiled = run_pretrain(flags + compiled_flags, launcher="python").check()
+    assert "gradient accumulation steps: 4" in compiled.stdout
+    assert "torch.compile (reduce-overhead) on the whole model (one graph)" in compiled.stdout
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
+    validation = [float(value) for value in VALID_PATTERN.findall(compiled.stdout)]
+    assert validation == pytest.approx([float(v) for v in VALID_PATTERN.findall(eager.stdout)], rel=1e-4)
+    dropout = flags + compiled_flags + ["--attention-dropout", "0.1", "--hidden-dropout", "0.1"]
+    result = run_pretrain(dropout, launcher="python").check()
+    assert sorted(result.losses) == [1, 2, 3, 4] and len(VALID_PATTERN.findall(result.stdout)) == 2
+    assert result.losses != eager.losses and all(math.isfinite(v) for v in result.losses.values())
+    assert re.search(r"torch.compile: the first training iteration took [\d.]+ s", result.stdout)
+    assert re.search(r"torch.compile: the first evaluation took [\d.]+ s", result.stdout)
+
+
+@pytest.mark.slow
 def test_tensorboard_and_offline_wandb_receive_scalars(gpt_data_prefix, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -196,6 +223,11 @@ def test_bad_flag_fails_before_any_process_group(gpt_data_prefix, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not get_accelerator().is_fp16_supported(),
+    reason="PyTorch has no fp16 kernels for this CPU (oneDNN needs AVX512-FP16 or AMX), so DeepSpeed refuses "
+    "fp16 here; pretrain_gpt.py refuses --fp16 up front (tests/training/test_startup.py)",
+)
 def test_fp16_dynamic_loss_scale_counts_skipped_steps(gpt_data_prefix, tmp_path):
     """At 2**32 the scaled gradients overflow: those steps are skipped and counted; the scale drops."""
     ds_config = write_ds_config(tmp_path / "ds.json", 1, fp16={"enabled": True})
