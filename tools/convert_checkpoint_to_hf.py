@@ -1,4 +1,5 @@
-"""Convert between training checkpoints and HuggingFace GPT-2 (``GPT2LMHeadModel``) folders.
+"""Convert between training checkpoints and HuggingFace GPT-2 (``GPT2LMHeadModel``) or LLaMA
+(``LlamaForCausalLM``) folders; a checkpoint with rotary positions, SwiGLU or RMSNorm exports as LLaMA.
 
 Export a checkpoint, saved in any tensor/pipeline layout, to a folder ``from_pretrained`` loads::
 
@@ -43,6 +44,7 @@ import torch  # noqa: E402
 from megatron.checkpointing import reshape  # noqa: E402
 from megatron.checkpointing.layout import FullModel, read_full_model, write_model_checkpoint  # noqa: E402
 from megatron.checkpointing.megatron_lm import masked_lm_args, write_megatron_lm  # noqa: E402
+from megatron.config.architecture import model_flags  # noqa: E402
 from megatron.config.build import pad_vocab_size  # noqa: E402
 from megatron.config.errors import ConfigError, flag_dest  # noqa: E402
 from megatron.config.schema import ModelConfig, ParallelConfig  # noqa: E402
@@ -52,6 +54,7 @@ logger = logging.getLogger("tools.convert_checkpoint_to_hf")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 GPT2_EOD_TOKEN = "<|endoftext|>"
+LLAMA_TYPES = ("llama", "mistral")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -139,7 +142,7 @@ def model_config_of(full: FullModel) -> ModelConfig:
 
 
 def export(args: argparse.Namespace) -> list[str]:
-    from megatron.checkpointing import hf_gpt2  # needs transformers
+    from megatron.checkpointing import hf_gpt2, hf_llama  # need transformers
 
     full = read_full_model(args.load_dir, args.tag)
     model_config = model_config_of(full)
@@ -172,9 +175,11 @@ def export(args: argparse.Namespace) -> list[str]:
         saved = hf_bert.save_pretrained(args.save_dir, state_dict, model_config, vocab_size, tokenizer)
         written.append(saved)
     elif args.save_dir is not None:
-        hf_config, hf_state = hf_gpt2.to_gpt2(
-            state_dict, model_config, vocab_size, tokenizer.eod if tokenizer else None
-        )
+        eod = tokenizer.eod if tokenizer else None
+        if hf_llama.is_llama_style(model_config):
+            hf_config, hf_state = hf_llama.to_llama(state_dict, model_config, vocab_size, eos_token_id=eod)
+        else:
+            hf_config, hf_state = hf_gpt2.to_gpt2(state_dict, model_config, vocab_size, eod)
         written.append(write_hf_folder(args.save_dir, hf_config, hf_state))
         if tokenizer is not None:
             write_tokenizer_files(args.save_dir, data, model_config.max_position_embeddings)
@@ -200,22 +205,26 @@ def export(args: argparse.Namespace) -> list[str]:
 
 
 def write_hf_folder(save_dir: str, hf_config, hf_state: dict[str, torch.Tensor]) -> str:
-    """``config.json`` and ``model.safetensors`` as ``save_pretrained`` writes them: the tied
+    """``config.json`` and ``model.safetensors`` as ``save_pretrained`` writes them: a tied
     ``lm_head.weight`` is left out (``from_pretrained`` ties it back)."""
     from safetensors.torch import save_file
 
     from megatron.checkpointing.hf_gpt2 import HF_LM_HEAD
 
     os.makedirs(save_dir, exist_ok=True)
-    hf_config.dtype = hf_state["transformer.wte.weight"].dtype
+    hf_config.dtype = next(iter(hf_state.values())).dtype
     hf_config.save_pretrained(save_dir)
-    tensors = {name: tensor.contiguous() for name, tensor in hf_state.items() if name != HF_LM_HEAD}
+    tied = hf_config.tie_word_embeddings
+    tensors = {
+        name: tensor.contiguous() for name, tensor in hf_state.items() if not (tied and name == HF_LM_HEAD)
+    }
     save_file(tensors, os.path.join(save_dir, "model.safetensors"), metadata={"format": "pt"})
     logger.info(
-        "wrote %s: GPT2LMHeadModel, %d layers, hidden %d, vocabulary %d, %s",
+        "wrote %s: %s, %d layers, hidden %d, vocabulary %d, %s",
         save_dir,
-        hf_config.n_layer,
-        hf_config.n_embd,
+        hf_config.architectures[0],
+        hf_config.num_hidden_layers,
+        hf_config.hidden_size,
         hf_config.vocab_size,
         hf_config.dtype,
     )
@@ -281,12 +290,12 @@ def read_hf_folder(folder: str):
             model_type = json.load(handle).get("model_type")
         except json.JSONDecodeError as error:
             raise ConfigError(f"--import-hf {folder}: config.json is not valid JSON ({error}).") from error
-    if model_type != "gpt2":
+    if model_type not in ("gpt2", *LLAMA_TYPES):
         raise ConfigError(
-            f"--import-hf {folder}: config.json says model_type {model_type!r}; only GPT-2 models "
-            "(model_type 'gpt2', GPT2LMHeadModel) convert to this toolkit's GPT."
+            f"--import-hf {folder}: config.json says model_type {model_type!r}; GPT-2 (GPT2LMHeadModel) and "
+            f"LLaMA-style models ({', '.join(LLAMA_TYPES)}) convert to this toolkit's GPT."
         )
-    hf_config = transformers.GPT2Config.from_pretrained(folder)
+    hf_config = transformers.AutoConfig.from_pretrained(folder)
     return hf_config, _read_hf_weights(folder)
 
 
@@ -317,22 +326,23 @@ def _read_hf_weights(folder: str) -> dict[str, torch.Tensor]:
 
 
 def import_hf(args: argparse.Namespace) -> list[str]:
-    from megatron.checkpointing import hf_gpt2  # needs transformers
+    from megatron.checkpointing import hf_gpt2, hf_llama  # need transformers
 
     hf_config, hf_state = read_hf_folder(args.import_hf)
+    convert = hf_llama.from_llama if hf_config.model_type in LLAMA_TYPES else hf_gpt2.from_gpt2
     try:
-        state_dict, model_config = hf_gpt2.from_gpt2(hf_state, hf_config, args.make_vocab_size_divisible_by)
+        state_dict, model_config = convert(hf_state, hf_config, args.make_vocab_size_divisible_by)
     except ConfigError as error:
         raise ConfigError(f"--import-hf {args.import_hf}: {error}") from error
     data = _hf_tokenizer_data(args.import_hf)
     logger.info(
-        "read %s: GPT-2, %d layers, hidden %d, %d heads, ffn %d, %d positions, vocabulary %d (padded to %d)",
+        "read %s: %s, %d layers, hidden %d, %d heads, ffn %d, vocabulary %d (padded to %d)",
         args.import_hf,
+        hf_config.model_type,
         model_config.num_layers,
         model_config.hidden_size,
         model_config.num_attention_heads,
         model_config.ffn_hidden_size,
-        model_config.max_position_embeddings,
         hf_config.vocab_size,
         model_config.padded_vocab_size,
     )
@@ -361,16 +371,10 @@ def import_hf(args: argparse.Namespace) -> list[str]:
             else "(tokenizer flags: no tokenizer files found in the HF folder)"
         )
         logger.info(
-            "train from it with --load %s --finetune --num-layers %d --hidden-size %d --num-attention-heads "
-            "%d --ffn-hidden-size %d --max-position-embeddings %d --layernorm-epsilon %g "
-            "--tensor-model-parallel-size %d --pipeline-model-parallel-size %d %s",
+            "train from it with --load %s --finetune %s --tensor-model-parallel-size %d "
+            "--pipeline-model-parallel-size %d %s",
             args.save_dir,
-            model_config.num_layers,
-            model_config.hidden_size,
-            model_config.num_attention_heads,
-            model_config.ffn_hidden_size,
-            model_config.max_position_embeddings,
-            model_config.layernorm_epsilon,
+            " ".join(model_flags(model_config)),
             tensor,
             pipeline,
             tokenizer_flags,

@@ -47,6 +47,7 @@ CONVERTED_FROM = "converted_from"
 EMBEDDING_PREFIX = "language_model.embedding."
 LAYER_PREFIX = "language_model.encoder.layers.{}."
 FINAL_LAYERNORM_PREFIX = "language_model.encoder.final_layernorm."
+OUTPUT_LAYER_PREFIX = "language_model.output_layer."
 # BERT's heads layer keeps the full model's names (``lm_head.``, ``binary_head.``,
 # ``language_model.pooler.``), so it takes whatever the layers before it leave.
 BERT_HEADS_PREFIX = ""
@@ -80,41 +81,53 @@ def has_bert_heads(config: dict) -> bool:
     return (config.get("masked_lm") or {}).get("model_type") == "bert"
 
 
-def pipeline_layer_prefixes(num_layers: int, bert_heads: bool = False) -> list[tuple[int, str]]:
+def has_output_layer(config: dict) -> bool:
+    """Whether the saved run's output layer is a weight of its own
+    (``--untie-embeddings-and-output-weights``), the GPT pipeline's last layer (``gpt_pipe``)."""
+    return bool(config["model"].get("untie_embeddings_and_output_weights", False))
+
+
+def pipeline_layer_prefixes(
+    num_layers: int, bert_heads: bool = False, output_layer: bool = False
+) -> list[tuple[int, str]]:
     """(pipeline layer index, full-model key prefix) of every pipeline layer that has a file, in the order
-    the keys are taken (BERT's heads last)."""
+    the keys are taken (BERT's heads, or an untied output layer, last)."""
     layers = [(number + 1, LAYER_PREFIX.format(number)) for number in range(num_layers)]
     prefixes = [(0, EMBEDDING_PREFIX), *layers, (num_layers + 1, FINAL_LAYERNORM_PREFIX)]
     if bert_heads:
         prefixes.append((num_layers + 3, BERT_HEADS_PREFIX))
+    if output_layer:
+        prefixes.append((num_layers + 2, OUTPUT_LAYER_PREFIX))
     return prefixes
 
 
-def engine_parameter_prefixes(num_layers: int) -> list[tuple[str, str]]:
+def layer_prefixes_of(config: dict) -> list[tuple[int, str]]:
+    """:func:`pipeline_layer_prefixes` of the saved run ``config``."""
+    return pipeline_layer_prefixes(
+        config["model"]["num_layers"], has_bert_heads(config), has_output_layer(config)
+    )
+
+
+def engine_parameter_prefixes(config: dict) -> list[tuple[str, str]]:
     """(Megatron prefix, pipeline prefix) of every part of the model: the names DeepSpeed's engine gives
     parameters (in optimizer shards, universal checkpoints) are Megatron's with P = 1 and the
     ``PipelineModule``'s with P > 1 (``tied_modules.embedding.``, then ``<layer index>.``)."""
     return [
         (prefix, f"tied_modules.{TIED_EMBEDDING}." if index == 0 else f"{index}.")
-        for index, prefix in pipeline_layer_prefixes(num_layers)
+        for index, prefix in layer_prefixes_of(config)
     ]
 
 
-def required_files(
-    tensor_size: int, pipeline_size: int, num_layers: int, bert_heads: bool = False
-) -> list[str]:
-    """The model-state files (names inside the tag folder) a checkpoint of this layout consists of."""
+def required_files(tensor_size: int, pipeline_size: int, prefixes: list[tuple[int, str]]) -> list[str]:
+    """The model-state files (names inside the tag folder) a checkpoint of this layout consists of, the
+    pipeline's layers being ``prefixes`` (:func:`layer_prefixes_of`)."""
     names = [
         model_states_name(model_rank(stage, tensor, tensor_size))
         for stage in range(pipeline_size)
         for tensor in range(tensor_size)
     ]
     if pipeline_size > 1:
-        names += [
-            layer_states_name(index, tensor)
-            for index, _ in pipeline_layer_prefixes(num_layers, bert_heads)
-            for tensor in range(tensor_size)
-        ]
+        names += [layer_states_name(index, tensor) for index, _ in prefixes for tensor in range(tensor_size)]
     return names
 
 
@@ -216,9 +229,8 @@ def read_full_model(load_dir: str, tag: str | None = None) -> FullModel:
     config = client["config"]
     tensor_size = config["parallel"]["tensor_model_parallel_size"]
     pipeline_size = config["parallel"]["pipeline_model_parallel_size"]
-    num_layers = config["model"]["num_layers"]
-    bert_heads = has_bert_heads(config)
-    needed = required_files(tensor_size, pipeline_size, num_layers, bert_heads)
+    prefixes = layer_prefixes_of(config)
+    needed = required_files(tensor_size, pipeline_size, prefixes)
     missing = [name for name in needed if not os.path.isfile(os.path.join(folder, name))]
     if missing:
         raise ConfigError(
@@ -226,12 +238,9 @@ def read_full_model(load_dir: str, tag: str | None = None) -> FullModel:
             f"tensor-parallel {tensor_size}, pipeline-parallel {pipeline_size} checkpoint needs are): the "
             "checkpoint is incomplete. Point at a complete checkpoint."
         )
-    shards = [
-        _read_tensor_rank(folder, tensor, tensor_size, pipeline_size, num_layers, bert_heads)
-        for tensor in range(tensor_size)
-    ]
+    shards = [_read_tensor_rank(folder, tensor, pipeline_size, prefixes) for tensor in range(tensor_size)]
     return FullModel(
-        state_dict=reshape.merge_tensor_parallel(shards),
+        state_dict=reshape.merge_tensor_parallel(shards, config["model"]),
         config=config,
         iteration=int(client["iteration"]),
         consumed_train_samples=int(client["consumed_train_samples"]),
@@ -244,7 +253,7 @@ def read_full_model(load_dir: str, tag: str | None = None) -> FullModel:
 
 
 def _read_tensor_rank(
-    folder: str, tensor: int, tensor_size: int, pipeline_size: int, num_layers: int, bert_heads: bool
+    folder: str, tensor: int, pipeline_size: int, prefixes: list[tuple[int, str]]
 ) -> dict[str, torch.Tensor]:
     """One tensor rank's weights under the full model's names, from all its pipeline stages."""
     if pipeline_size == 1:
@@ -254,7 +263,7 @@ def _read_tensor_rank(
             raise ConfigError(f"{path} holds no model weights ('module'); the checkpoint is damaged.")
         return dict(module)
     state = {}
-    for index, prefix in pipeline_layer_prefixes(num_layers, bert_heads):
+    for index, prefix in prefixes:
         layer = load_file(os.path.join(folder, layer_states_name(index, tensor)))
         state.update({prefix + key: value for key, value in layer.items()})
     return state
@@ -284,7 +293,8 @@ def write_model_checkpoint(
             "pipeline parallelism (GPT and BERT only); use 1."
         )
     padded = reshape.target_padded_vocab_size(full.config, full.tensor_size, tensor_size, true_vocab_size)
-    shards = reshape.split_tensor_parallel(reshape.repad_vocab(full.state_dict, padded), tensor_size)
+    repadded = reshape.repad_vocab(full.state_dict, padded)
+    shards = reshape.split_tensor_parallel(repadded, tensor_size, model)
     tag = checkpoint_tag(full.iteration)
     folder = os.path.join(save_dir, tag)
     if os.path.isdir(folder) and os.listdir(folder):
@@ -299,7 +309,7 @@ def write_model_checkpoint(
             torch.save({**client, "module": shard}, os.path.join(folder, model_states_name(tensor)))
     else:
         for tensor, shard in enumerate(shards):
-            _write_pipeline_layers(folder, shard, tensor, model["num_layers"], has_bert_heads(full.config))
+            _write_pipeline_layers(folder, shard, tensor, layer_prefixes_of(full.config))
         for stage in range(pipeline_size):
             for tensor in range(tensor_size):
                 name = model_states_name(model_rank(stage, tensor, tensor_size))
@@ -319,10 +329,10 @@ def write_model_checkpoint(
 
 
 def _write_pipeline_layers(
-    folder: str, shard: dict[str, torch.Tensor], tensor: int, num_layers: int, bert_heads: bool
+    folder: str, shard: dict[str, torch.Tensor], tensor: int, prefixes: list[tuple[int, str]]
 ) -> None:
     remaining = dict(shard)
-    for index, prefix in pipeline_layer_prefixes(num_layers, bert_heads):
+    for index, prefix in prefixes:
         layer = {
             name[len(prefix) :]: remaining.pop(name) for name in list(remaining) if name.startswith(prefix)
         }

@@ -31,6 +31,7 @@ import torch
 
 from megatron.config.build import pad_vocab_size
 from megatron.config.errors import ConfigError
+from megatron.parallel.layers import merge_shards, shard_of
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ WORD_EMBEDDINGS = "language_model.embedding.word_embeddings.weight"
 # listed are replicated on every tensor-parallel rank.
 TENSOR_PARALLEL_DIMS = {
     "word_embeddings.weight": 0,
+    "output_layer.weight": 0,
     "self_attention.query_key_value.weight": 0,
     "self_attention.query_key_value.bias": 0,
     "self_attention.dense.weight": 1,
@@ -59,6 +61,9 @@ MASKED_LM_PARALLEL_DIMS = {
 }
 # Vocabulary-sized parameters besides the word embedding: padded and cut with it.
 VOCAB_BIASES = ("lm_head.bias",)
+OUTPUT_LAYER = "language_model.output_layer.weight"
+# Fused projections of several parts (see megatron.parallel.layers): SwiGLU's [gate; up].
+SWIGLU_STRIDED = ("mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias")
 
 TARGET_T_FLAG = "--target-tensor-parallel-size"
 TARGET_P_FLAG = "--target-pipeline-parallel-size"
@@ -73,8 +78,16 @@ def tensor_parallel_dim(name: str) -> int | None:
     return None
 
 
-def merge_tensor_parallel(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The full state dict from the state dicts of tensor ranks 0..T-1 (same keys on every rank)."""
+def partition_stride(name: str, model: dict) -> int:
+    """In how many parts ``name`` is split across ranks (2 for SwiGLU's [gate; up], else 1), for the
+    saved model config ``model``."""
+    swiglu = model.get("swiglu", False)
+    return 2 if swiglu and any(name.endswith("." + suffix) for suffix in SWIGLU_STRIDED) else 1
+
+
+def merge_tensor_parallel(shards: list[dict[str, torch.Tensor]], model: dict) -> dict[str, torch.Tensor]:
+    """The full state dict from the state dicts of tensor ranks 0..T-1 (same keys on every rank), of the
+    model whose saved config is ``model``."""
     names = list(shards[0])
     for rank, shard in enumerate(shards[1:], start=1):
         if set(shard) != set(names):
@@ -97,14 +110,15 @@ def merge_tensor_parallel(shards: list[dict[str, torch.Tensor]]) -> dict[str, to
                 logger.warning("%s differs between tensor-parallel ranks; taking rank 0's copy", name)
             merged[name] = pieces[0]
         else:
-            merged[name] = torch.cat(pieces, dim=dim)
+            merged[name] = merge_shards(pieces, dim, partition_stride(name, model))
     return merged
 
 
 def split_tensor_parallel(
-    state_dict: dict[str, torch.Tensor], tensor_size: int
+    state_dict: dict[str, torch.Tensor], tensor_size: int, model: dict
 ) -> list[dict[str, torch.Tensor]]:
-    """The state dicts of tensor ranks 0..T-1. Chunks are cloned: a view would save the whole tensor."""
+    """The state dicts of tensor ranks 0..T-1 of the model whose saved config is ``model``. Chunks are
+    copies: a view would save the whole tensor."""
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(tensor_size)]
     for name, tensor in state_dict.items():
         dim = tensor_parallel_dim(name)
@@ -112,13 +126,16 @@ def split_tensor_parallel(
             for shard in shards:
                 shard[name] = tensor
             continue
-        if tensor.shape[dim] % tensor_size:
+        stride = partition_stride(name, model)
+        if tensor.shape[dim] % (tensor_size * stride):
             raise ConfigError(
                 f"{name} has {tensor.shape[dim]} entries along its split dimension {dim}, not divisible by "
-                f"{TARGET_T_FLAG} {tensor_size}; choose a size that divides it."
+                f"{TARGET_T_FLAG} {tensor_size}{f' x {stride} parts' if stride > 1 else ''}; choose a size "
+                "that divides it."
             )
-        for shard, chunk in zip(shards, torch.chunk(tensor, tensor_size, dim=dim)):
-            shard[name] = chunk.clone()
+        length = tensor.shape[dim] // (tensor_size * stride)
+        for rank, shard in enumerate(shards):
+            shard[name] = shard_of(tensor, slice(rank * length, (rank + 1) * length), dim, stride)
     return shards
 
 
@@ -133,6 +150,13 @@ def check_target_layout(model: dict, tensor_size: int, pipeline_size: int) -> No
             f"{TARGET_T_FLAG} {tensor_size} does not divide the checkpoint's {heads} attention heads "
             "(--num-attention-heads): each tensor-parallel rank holds whole heads. Choose a divisor of "
             f"{heads}."
+        )
+    kv_heads = model.get("num_key_value_heads")
+    if kv_heads and kv_heads % tensor_size:
+        raise ConfigError(
+            f"{TARGET_T_FLAG} {tensor_size} does not divide the checkpoint's {kv_heads} key/value heads "
+            "(--num-key-value-heads): each tensor-parallel rank holds whole key/value heads. Choose a "
+            f"divisor of {kv_heads}."
         )
     if ffn % tensor_size:
         raise ConfigError(
@@ -218,26 +242,27 @@ def target_padded_vocab_size(
 
 
 def repad_vocab(state_dict: dict[str, torch.Tensor], padded_vocab_size: int) -> dict[str, torch.Tensor]:
-    """The state dict with the word embedding (and BERT's or T5's ``lm_head.bias``) cut or zero-extended at
-    the end to ``padded_vocab_size`` rows.
+    """The state dict with the word embedding (and an untied output layer, or BERT's or T5's
+    ``lm_head.bias``) cut or zero-extended at the end to ``padded_vocab_size`` rows.
 
     The caller guarantees (:func:`target_padded_vocab_size`) that only padding rows are cut.
     """
-    table = state_dict[WORD_EMBEDDINGS]
-    rows = table.shape[0]
+    rows = state_dict[WORD_EMBEDDINGS].shape[0]
     if rows == padded_vocab_size:
         return state_dict
-    if rows > padded_vocab_size:
-        resized = table[:padded_vocab_size].clone()
-    else:
-        resized = torch.cat([table, table.new_zeros(padded_vocab_size - rows, *table.shape[1:])])
     logger.info("vocabulary padding: %d -> %d embedding rows", rows, padded_vocab_size)
-    biases = {
-        name: torch.cat([bias[:padded_vocab_size], bias.new_zeros(max(0, padded_vocab_size - len(bias)))])
-        for name, bias in state_dict.items()
-        if name in VOCAB_BIASES
+    resized = {
+        name: _resized_rows(tensor, padded_vocab_size)
+        for name, tensor in state_dict.items()
+        if name in (WORD_EMBEDDINGS, OUTPUT_LAYER, *VOCAB_BIASES)
     }
-    return {**state_dict, WORD_EMBEDDINGS: resized, **biases}
+    return {**state_dict, **resized}
+
+
+def _resized_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    if tensor.shape[0] >= rows:
+        return tensor[:rows].clone()
+    return torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])])
 
 
 def converted_config(config: dict, tensor_size: int, pipeline_size: int, padded_vocab_size: int) -> dict:

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 
 import torch
+from deepspeed.checkpoint.constants import PARAMETER_WITH_2_SUB_PARAMS_CAT_DIM_0
 
 from megatron.checkpointing import layout
 from megatron.checkpointing.reshape import TENSOR_PARALLEL_DIMS, true_vocab_size_from_config
@@ -46,14 +47,21 @@ def universal_checkpoint_info(config: dict) -> dict:
     """
     model = config["model"]
     pipeline = config["parallel"]["pipeline_model_parallel_size"] > 1
+    biases = model.get("add_bias_linear", True)
+    untied = model.get("untie_embeddings_and_output_weights", False)
+    final_norm_layer = model["num_layers"] + 1
     replicated = [
-        r".*\.position_embeddings\.weight$",
         r".*\.input_layernorm\.(weight|bias)$",
         r".*\.post_attention_layernorm\.(weight|bias)$",
-        r".*\.self_attention\.dense\.bias$",
-        r".*\.mlp\.dense_4h_to_h\.bias$",
-        r"^\d+\.(weight|bias)$" if pipeline else r".*\.final_layernorm\.(weight|bias)$",
+        rf"^{final_norm_layer}\.(weight|bias)$" if pipeline else r".*\.final_layernorm\.(weight|bias)$",
     ]
+    if model.get("learned_position_embeddings", True):
+        replicated.append(r".*\.position_embeddings\.weight$")
+    if biases:
+        replicated += [r".*\.self_attention\.dense\.bias$", r".*\.mlp\.dense_4h_to_h\.bias$"]
+    vocabulary = [r".*\.word_embeddings\.weight$"]
+    if untied:
+        vocabulary.append(rf"^{final_norm_layer + 1}\.weight$" if pipeline else r".*\.output_layer\.weight$")
     padded = model["padded_vocab_size"]
     info = {
         "universal_checkpoint_version": 0.2,
@@ -61,12 +69,17 @@ def universal_checkpoint_info(config: dict) -> dict:
         "parameter_with_row_parallelism_patterns": [
             rf".*\.{re.escape(suffix)}$" for suffix, dim in TENSOR_PARALLEL_DIMS.items() if dim == 1
         ],
-        "vocabulary_parameter_patterns": [r".*\.word_embeddings\.weight$"],
+        "vocabulary_parameter_patterns": vocabulary,
         # Without the tokenizer, keep every row: the target then needs at least as many.
         "original_vocab_size": true_vocab_size_from_config(config) or padded,
         "padded_vocab_size": padded,
     }
-    if pipeline:
+    if model.get("swiglu", False):
+        # [gate; up]: each rank's shard holds a chunk of both (see megatron.parallel.layers).
+        info[PARAMETER_WITH_2_SUB_PARAMS_CAT_DIM_0] = [
+            rf".*\.mlp\.dense_h_to_4h\.{kind}$" for kind in (("weight", "bias") if biases else ("weight",))
+        ]
+    if pipeline and not untied:
         # The last stage's copy of the tied embedding: the first stage's shards hold the same values.
         info["pipeline_replicated_parameter_patterns"] = [r"^tied_modules\.embedding\."]
     return info
@@ -112,7 +125,7 @@ def convert_to_universal(load_dir: str, save_dir: str, pipeline_size: int, tag: 
             inject_missing_state=False,
         )
         ds_to_universal(arguments)
-    _rename_parameters(os.path.join(output, "zero"), num_layers, pipeline=pipeline_size > 1)
+    _rename_parameters(os.path.join(output, "zero"), config, pipeline=pipeline_size > 1)
     layout.write_atomically(os.path.join(save_dir, LATEST_UNIVERSAL_FILENAME), tag)
     layout.write_atomically(os.path.join(save_dir, layout.LATEST_TAG_FILENAME), tag)
     layout.write_atomically(os.path.join(save_dir, layout.TRACKER_FILENAME), str(client["iteration"]))
@@ -136,9 +149,9 @@ def _with_universal_info(source: str, staging: str, client: dict) -> str:
     return staging
 
 
-def _rename_parameters(zero_folder: str, num_layers: int, pipeline: bool) -> None:
+def _rename_parameters(zero_folder: str, config: dict, pipeline: bool) -> None:
     """Name every parameter folder as the target engine names the parameter (see layout)."""
-    for megatron, engine in layout.engine_parameter_prefixes(num_layers):
+    for megatron, engine in layout.engine_parameter_prefixes(config):
         old, new = (megatron, engine) if pipeline else (engine, megatron)
         for name in os.listdir(zero_folder):
             if name.startswith(old):

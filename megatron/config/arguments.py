@@ -17,6 +17,7 @@ import re
 import sys
 from typing import NoReturn, get_args
 
+from megatron.config.architecture import add_architecture_flags
 from megatron.config.errors import ConfigError
 from megatron.config.masked_lm import add_masked_lm_flags
 from megatron.config.schema import CompileMode, Fp8Format
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a GPT model through DeepSpeed with Megatron-DeepSpeed flags.", allow_abbrev=False
     )
     _add_model_flags(parser)
+    add_architecture_flags(parser)
     _add_batch_flags(parser)
     _add_training_flags(parser)
     _add_optimizer_flags(parser)
@@ -120,7 +122,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
         default=128,
         help="Pad the vocabulary to a multiple of this x the tensor-parallel size, for efficient matmuls.",
     )
-    group.add_argument("--layernorm-epsilon", type=float, default=1e-5, help="LayerNorm epsilon.")
+    group.add_argument(
+        "--layernorm-epsilon", "--norm-epsilon", type=float, default=1e-5, help="LayerNorm/RMSNorm epsilon."
+    )
 
 
 def _add_batch_flags(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ import os
 from deepspeed.accelerator import get_accelerator
 
 from megatron.config import ds_config, parallelism, schedules
+from megatron.config.architecture import architecture_fields, swiglu_ffn_hidden_size
 from megatron.config.curriculum import curriculum_config, shortest_seq_length
 from megatron.config.errors import ConfigError, flag_dest, require_positive
 from megatron.config.float8 import float8_config
@@ -100,7 +101,7 @@ def build_config(
     _check_required(args)
     ds_path = _ds_config_path(args)
     parallel = parallelism.parallel_config(args, world_size)
-    model = _model_config(args, vocab_size, parallel.tensor_model_parallel_size)
+    model = _model_config(args, vocab_size, parallel.tensor_model_parallel_size, model_type)
     if model_type != "gpt":  # Megatron's default erf GeLU, which HF's MegatronBert computes too
         model = dataclasses.replace(model, openai_gelu=False)
     parallelism.check_model_split(model, parallel)
@@ -248,8 +249,13 @@ def _check_required(args: argparse.Namespace) -> None:
         raise ConfigError(f"missing required flag(s): {', '.join(missing)}. Add them to the command line.")
 
 
-def _model_config(args: argparse.Namespace, vocab_size: int, tensor_parallel_size: int) -> ModelConfig:
-    ffn_hidden_size = args.ffn_hidden_size if args.ffn_hidden_size is not None else 4 * args.hidden_size
+def _model_config(
+    args: argparse.Namespace, vocab_size: int, tensor_parallel_size: int, model_type: str
+) -> ModelConfig:
+    variants = architecture_fields(args, model_type)
+    ffn_hidden_size = args.ffn_hidden_size
+    if ffn_hidden_size is None:
+        ffn_hidden_size = swiglu_ffn_hidden_size(args.hidden_size) if args.swiglu else 4 * args.hidden_size
     max_positions = args.max_position_embeddings
     if max_positions is None:
         max_positions = args.seq_length
@@ -282,7 +288,7 @@ def _model_config(args: argparse.Namespace, vocab_size: int, tensor_parallel_siz
     ):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{flag} {value}: a dropout probability must be in [0, 1).")
-    return ModelConfig(
+    model = ModelConfig(
         num_layers=args.num_layers,
         hidden_size=args.hidden_size,
         num_attention_heads=args.num_attention_heads,
@@ -296,7 +302,14 @@ def _model_config(args: argparse.Namespace, vocab_size: int, tensor_parallel_siz
         hidden_dropout=args.hidden_dropout,
         layernorm_epsilon=args.layernorm_epsilon,
         kv_channels=args.kv_channels,
+        **variants,
     )
+    if model.rotary_position_embeddings and model.rotary_dim % 2:
+        raise ConfigError(
+            f"--rotary-percent {model.rotary_percent} of {model.head_dim} channels per head leaves "
+            f"{model.rotary_dim}: rotary embeddings turn channels in pairs, so that must be even."
+        )
+    return model
 
 
 def _optimizer_config(args: argparse.Namespace, clip: float) -> OptimizerConfig:

@@ -85,6 +85,12 @@ def _check_features(model: ModelConfig, parallel: ParallelConfig) -> None:
             model.num_attention_heads * model.head_dim // tensor,
             tensor,
         ),
+        (
+            "--num-key-value-heads x --kv-channels",
+            model.kv_heads * model.head_dim,
+            model.kv_heads * model.head_dim // tensor,
+            tensor,
+        ),
         ("--ffn-hidden-size", model.ffn_hidden_size, model.ffn_hidden_size // tensor, tensor),
     ]
     for flag, size, local, split in per_rank:

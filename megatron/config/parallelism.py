@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from megatron.config.architecture import check_attention_split
 from megatron.config.errors import ConfigError
 from megatron.config.schema import ModelConfig, ParallelConfig
 
@@ -103,6 +104,8 @@ def check_model_split(model: ModelConfig, parallel: ParallelConfig) -> None:
                 f"--seq-length {seq_length} is not divisible by {_U_FLAG} {ulysses}: DeepSpeed-Ulysses gives "
                 f"each of its ranks an equal slice of the sequence. Use a multiple of {ulysses}."
             )
+    if model.num_key_value_heads is not None:
+        check_attention_split(model.num_key_value_heads, tensor, ulysses)
     pipeline = parallel.pipeline_model_parallel_size
     if model.num_layers < pipeline:
         raise ConfigError(

@@ -34,10 +34,31 @@ class ModelConfig:
     # The MLP's GeLU: the tanh approximation (Megatron's --openai-gelu; our GPT) or the exact erf form
     # (Megatron's default, used by BERT and T5).
     openai_gelu: bool = True
+    # LLaMA-style variants (megatron/config/architecture.py has their flags). Positions: a learned table,
+    # rotary embeddings on query and key (the first rotary_percent of each head's channels), both, or none.
+    learned_position_embeddings: bool = True
+    rotary_position_embeddings: bool = False
+    rotary_percent: float = 1.0
+    rotary_base: float = 10000.0
+    swiglu: bool = False  # gated SiLU MLP, its first projection [gate; up] of 2 x ffn_hidden_size rows
+    normalization: Literal["layernorm", "rmsnorm"] = "layernorm"
+    add_bias_linear: bool = True
+    untie_embeddings_and_output_weights: bool = False
+    # Grouped-query attention; None: one key/value head per query head.
+    num_key_value_heads: int | None = None
 
     @property
     def head_dim(self) -> int:
         return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """Channels of each head that rotate (0 without rotary embeddings)."""
+        return int(self.head_dim * self.rotary_percent) if self.rotary_position_embeddings else 0
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""GPT: learned absolute positions, pre-LN transformer, output projection tied to the input embedding."""
+"""GPT: learned absolute positions, pre-LN transformer, output projection tied to the input embedding; and
+the LLaMA-style variants the config names (rotary positions, RMSNorm, SwiGLU, no biases, GQA, an output
+layer of its own)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from megatron.config.schema import ModelConfig, MoEConfig, RecomputeConfig
 from megatron.model.transformer import ParallelTransformer
 from megatron.parallel.context import ParallelContext
 from megatron.parallel.cross_entropy import vocab_parallel_cross_entropy
-from megatron.parallel.layers import VocabParallelEmbedding
+from megatron.parallel.layers import VocabParallelEmbedding, sharded_normal
 from megatron.parallel.mappings import (
     copy_to_tensor_parallel_region,
     gather_from_sequence_parallel_region,
@@ -21,13 +23,15 @@ from megatron.parallel.random import init_generator, tensor_parallel_rng
 
 # init_generator paths of the parts that are not transformer layers (layers use their own number).
 EMBEDDING_INIT_PATH = -1
+OUTPUT_LAYER_INIT_PATH = -3
 
 
 class Embedding(nn.Module):
     """Word plus position embeddings, then dropout (Megatron's ``language_model.embedding``).
 
-    The word table is split over the tensor-parallel ranks by vocabulary; positions are replicated. Under
-    sequence parallelism the output keeps only this rank's part of the sequence. BERT adds
+    The word table is split over the tensor-parallel ranks by vocabulary; positions are replicated, and
+    absent when the config has no learned position table (rotary embeddings act in attention instead).
+    Under sequence parallelism the output keeps only this rank's part of the sequence. BERT adds
     ``num_tokentypes`` segment embeddings (``tokentype_embeddings``, replicated).
     """
 
@@ -38,8 +42,10 @@ class Embedding(nn.Module):
         self.word_embeddings = VocabParallelEmbedding(
             config.padded_vocab_size, config.hidden_size, context, std, generator=generator
         )
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.position_embeddings.weight.data.normal_(0.0, std, generator=generator)
+        self.position_embeddings = None
+        if config.learned_position_embeddings:
+            self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            self.position_embeddings.weight.data.normal_(0.0, std, generator=generator)
         self.tokentype_embeddings = None
         if num_tokentypes:
             self.tokentype_embeddings = nn.Embedding(num_tokentypes, config.hidden_size)
@@ -50,8 +56,11 @@ class Embedding(nn.Module):
     def forward(
         self, tokens: torch.Tensor, position_offset: int = 0, tokentype_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
-        positions = torch.arange(position_offset, position_offset + tokens.shape[1], device=tokens.device)
-        embeddings = self.word_embeddings(tokens) + self.position_embeddings(positions)
+        embeddings = self.word_embeddings(tokens)
+        if self.position_embeddings is not None:
+            end = position_offset + tokens.shape[1]
+            positions = torch.arange(position_offset, end, device=tokens.device)
+            embeddings = embeddings + self.position_embeddings(positions)
         if self.tokentype_embeddings is not None:
             embeddings = embeddings + self.tokentype_embeddings(tokentype_ids)
         if not self.context.sequence_parallel:
@@ -114,6 +123,20 @@ class LanguageModelLoss(nn.Module):
         return language_model_loss(logits, labels, loss_mask, self.context)
 
 
+class OutputLayer(nn.Module):
+    """The output projection of a model whose output is not tied to its input embedding
+    (``--untie-embeddings-and-output-weights``; Megatron's ``language_model.output_layer``), split over the
+    tensor-parallel ranks by vocabulary as the word embedding is."""
+
+    def __init__(self, config: ModelConfig, context: ParallelContext, seed: int):
+        super().__init__()
+        self.context = context
+        shard = context.tensor_shard(config.padded_vocab_size, "output layer vocabulary")
+        shape = (config.padded_vocab_size, config.hidden_size)
+        generator = init_generator(seed, OUTPUT_LAYER_INIT_PATH)
+        self.weight = sharded_normal(shape, config.init_method_std, shard, dim=0, generator=generator)
+
+
 class TransformerLanguageModel(nn.Module):
     def __init__(
         self,
@@ -126,6 +149,8 @@ class TransformerLanguageModel(nn.Module):
         super().__init__()
         self.embedding = Embedding(config, context, seed)
         self.encoder = ParallelTransformer(config, context, seed, recompute, moe)
+        if config.untie_embeddings_and_output_weights:
+            self.output_layer = OutputLayer(config, context, seed)
 
     def forward(self, tokens: torch.Tensor, position_offset: int = 0) -> torch.Tensor:
         return self.encoder(self.embedding(tokens, position_offset))
@@ -166,6 +191,13 @@ class GPTModel(nn.Module):
     def word_embeddings_weight(self) -> nn.Parameter:
         return self.language_model.embedding.word_embeddings.weight
 
+    @property
+    def output_weight(self) -> nn.Parameter:
+        """The logits' projection: the word embedding, or the output layer of an untied model."""
+        if self.config.untie_embeddings_and_output_weights:
+            return self.language_model.output_layer.weight
+        return self.word_embeddings_weight
+
     def forward(
         self,
         tokens: torch.Tensor,
@@ -175,8 +207,8 @@ class GPTModel(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         hidden = self.language_model(tokens, position_offset)
         if labels is None:
-            logits = parallel_lm_logits(hidden, self.word_embeddings_weight, self.context)
+            logits = parallel_lm_logits(hidden, self.output_weight, self.context)
             return gather_from_tensor_parallel_region(logits, self.context.tensor_group)
-        loss = self.output_loss(hidden, self.word_embeddings_weight, labels, loss_mask)
+        loss = self.output_loss(hidden, self.output_weight, labels, loss_mask)
         moe_loss = self.language_model.encoder.moe_loss
         return loss if moe_loss is None else (loss, self.moe_loss_coeff * moe_loss)

@@ -12,10 +12,10 @@ from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
 from megatron.config.schema import ModelConfig, RecomputeConfig
-from megatron.model.gpt import Embedding, language_model_loss, parallel_lm_logits
+from megatron.model.gpt import Embedding, OutputLayer, language_model_loss, parallel_lm_logits
 from megatron.model.transformer import ParallelTransformerLayer
 from megatron.parallel.context import ParallelContext
-from megatron.parallel.layers import LayerNorm
+from megatron.parallel.layers import LayerNorm, RMSNorm
 
 TIED_EMBEDDING = "embedding"
 
@@ -35,8 +35,39 @@ class FinalLayerNormPipe(LayerNorm):
     pass
 
 
+class FinalRMSNormPipe(RMSNorm):
+    pass
+
+
+class OutputLayerPipe(OutputLayer):
+    """Last stage of an untied model (``--untie-embeddings-and-output-weights``): hidden states in, this
+    rank's vocabulary slice of the logits out."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return parallel_lm_logits(hidden, self.weight, self.context)
+
+
 def _logits_from_tied_embedding(embedding: EmbeddingPipe, hidden: torch.Tensor) -> torch.Tensor:
     return parallel_lm_logits(hidden, embedding.word_embeddings.weight, embedding.context)
+
+
+def output_specs(config: ModelConfig, context: ParallelContext, seed: int) -> list[LayerSpec]:
+    """The final norm and the logits: through the word embedding, tied to the first stage's, or through an
+    output layer of its own."""
+    final_norm = FinalRMSNormPipe if config.normalization == "rmsnorm" else FinalLayerNormPipe
+    specs = [LayerSpec(final_norm, config.hidden_size, config.layernorm_epsilon, context)]
+    if config.untie_embeddings_and_output_weights:
+        return [*specs, LayerSpec(OutputLayerPipe, config, context, seed)]
+    tied = TiedLayerSpec(
+        TIED_EMBEDDING,
+        EmbeddingPipe,
+        config,
+        context,
+        seed,
+        forward_fn=_logits_from_tied_embedding,
+        tied_weight_attr="word_embeddings.weight",
+    )
+    return [*specs, tied]
 
 
 class _PipelineLoss:
@@ -79,18 +110,7 @@ def gpt_pipeline_module(
                 recompute_core=recompute.granularity == "selective",
             )
         )
-    specs.append(LayerSpec(FinalLayerNormPipe, config.hidden_size, config.layernorm_epsilon, context))
-    specs.append(
-        TiedLayerSpec(
-            TIED_EMBEDDING,
-            EmbeddingPipe,
-            config,
-            context,
-            seed,
-            forward_fn=_logits_from_tied_embedding,
-            tied_weight_attr="word_embeddings.weight",
-        )
-    )
+    specs += output_specs(config, context, seed)
     module = PipelineModule(
         layers=specs,
         loss_fn=_PipelineLoss(context),

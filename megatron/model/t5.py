@@ -20,12 +20,11 @@ from torch import nn
 from megatron.config.schema import ModelConfig, RecomputeConfig
 from megatron.model.bert import padding_attention_mask
 from megatron.model.gpt import Embedding, language_model_loss, parallel_lm_logits
+from megatron.model.mlp import MLP, output_layer_std
 from megatron.model.transformer import (
-    MLP,
     ParallelTransformer,
     SelfAttention,
     masked_sdpa_attention,
-    output_layer_std,
     recompute_plan,
 )
 from megatron.parallel.context import ParallelContext

@@ -1,4 +1,4 @@
-"""The pre-LayerNorm transformer block of Megatron's GPT, built from tensor-parallel layers.
+"""The pre-norm transformer block of Megatron's GPT and its LLaMA-style variants, from parallel layers.
 
 Module and parameter names follow Megatron-LM's (``input_layernorm``, ``self_attention.query_key_value``,
 ``self_attention.dense``, ``post_attention_layernorm``, ``mlp.dense_h_to_4h``, ``mlp.dense_4h_to_h``) so
@@ -10,7 +10,6 @@ dimension of the LayerNorm/dropout regions holds this rank's part only. With a s
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -19,9 +18,12 @@ from deepspeed.sequence.layer import DistributedAttention
 from torch import nn
 
 from megatron.config.schema import ModelConfig, MoEConfig, RecomputeConfig
+from megatron.model.mlp import mlp_class, output_layer_std
 from megatron.model.moe import MoEMLP, expert_parallel_rank, moe_losses
+from megatron.model.norm import build_norm
+from megatron.model.rotary import RotaryEmbedding
 from megatron.parallel.context import ParallelContext
-from megatron.parallel.layers import ColumnParallelLinear, LayerNorm, RowParallelLinear
+from megatron.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.parallel.random import (
     heads_are_split,
     init_generator,
@@ -34,9 +36,16 @@ from megatron.parallel.random import (
 def sdpa_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout: float
 ) -> torch.Tensor:
-    """Causal attention through torch's SDPA (flash or memory-efficient kernels on GPUs), batch-first."""
+    """Causal attention through torch's SDPA (flash or memory-efficient kernels on GPUs), batch-first.
+    With fewer key/value heads than query heads (grouped-query attention) SDPA shares them itself, without
+    a repeated copy in memory."""
     context = F.scaled_dot_product_attention(
-        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dropout_p=dropout, is_causal=True
+        query.transpose(1, 2),
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        dropout_p=dropout,
+        is_causal=True,
+        enable_gqa=key.shape[2] != query.shape[2],
     )
     return context.transpose(1, 2)
 
@@ -55,17 +64,14 @@ def masked_sdpa_attention(
     return context.transpose(1, 2)
 
 
-def output_layer_std(config: ModelConfig) -> float:
-    """Megatron's scaled init for the projections that feed the residual stream: std / sqrt(2 * layers),
-    which keeps the residual's variance from growing with depth."""
-    return config.init_method_std / math.sqrt(2.0 * config.num_layers)
-
-
 class SelfAttention(nn.Module):
     """Causal multi-head attention through ``torch.nn.functional.scaled_dot_product_attention``.
 
-    The fused QKV projection's output is laid out per head as ``[heads, (q, k, v), head_dim]``, Megatron's
-    layout since checkpoint version 2, so the column-parallel split hands each rank whole heads.
+    The fused QKV projection's output is laid out per key/value head as ``[kv heads, (q x groups, k, v),
+    head_dim]``, where ``groups`` query heads share each key/value head: with one query head per key/value
+    head this is Megatron's per-head ``(q, k, v)`` layout since checkpoint version 2, and either way the
+    column-parallel split hands each rank whole groups. Rotary embeddings (when configured) turn query and
+    key before attention.
     """
 
     def __init__(
@@ -78,6 +84,8 @@ class SelfAttention(nn.Module):
     ):
         super().__init__()
         self.local_heads = config.num_attention_heads // context.tensor_size
+        self.local_kv_heads = config.kv_heads // context.tensor_size
+        self.groups = config.num_attention_heads // config.kv_heads
         self.head_dim = config.head_dim
         self.attention_dropout = config.attention_dropout
         self.heads_split = heads_are_split(context)
@@ -85,12 +93,14 @@ class SelfAttention(nn.Module):
         # Causal (GPT, T5's decoder) or bidirectional under a padding mask (BERT, T5's encoder).
         self.causal = causal
         hidden, projection = config.hidden_size, config.num_attention_heads * config.head_dim
+        kv_projection, bias = config.kv_heads * config.head_dim, config.add_bias_linear
         self.query_key_value = ColumnParallelLinear(
-            hidden, 3 * projection, context, config.init_method_std, generator=generator
+            hidden, projection + 2 * kv_projection, context, config.init_method_std, bias, generator=generator
         )
         self.dense = RowParallelLinear(
-            projection, hidden, context, output_layer_std(config), generator=generator
+            projection, hidden, context, output_layer_std(config), bias, generator=generator
         )
+        self.rotary = RotaryEmbedding(config, context) if config.rotary_position_embeddings else None
         # The kernel behind local_attention; megatron.model.kernels may swap in flash-attn.
         self.attention_kernel = sdpa_attention
         self.core_attention = self.local_attention
@@ -127,30 +137,16 @@ class SelfAttention(nn.Module):
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         mixed = self.query_key_value(hidden)
         batch, seq = mixed.shape[:2]
-        query, key, value = mixed.view(batch, seq, self.local_heads, 3 * self.head_dim).split(
-            self.head_dim, -1
-        )
+        grouped = mixed.view(batch, seq, self.local_kv_heads, self.groups + 2, self.head_dim)
+        query = grouped[:, :, :, : self.groups].reshape(batch, seq, self.local_heads, self.head_dim)
+        key, value = grouped[:, :, :, self.groups], grouped[:, :, :, self.groups + 1]
+        if self.rotary is not None:
+            query, key = self.rotary(query, key)
         core = self.core_attention
         if attention_mask is not None:
             core = partial(core, attention_mask=attention_mask)
         context = recompute(core, query, key, value) if self.recompute_core else core(query, key, value)
         return self.dense(context.reshape(batch, context.shape[1], -1))
-
-
-class MLP(nn.Module):
-    def __init__(self, config: ModelConfig, context: ParallelContext, generator: torch.Generator):
-        super().__init__()
-        hidden, ffn = config.hidden_size, config.ffn_hidden_size
-        self.dense_h_to_4h = ColumnParallelLinear(
-            hidden, ffn, context, config.init_method_std, generator=generator
-        )
-        self.dense_4h_to_h = RowParallelLinear(
-            ffn, hidden, context, output_layer_std(config), generator=generator
-        )
-        self.gelu_approximate = "tanh" if config.openai_gelu else "none"
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(hidden), approximate=self.gelu_approximate))
 
 
 class ParallelTransformerLayer(nn.Module):
@@ -175,15 +171,16 @@ class ParallelTransformerLayer(nn.Module):
         super().__init__()
         generator = init_generator(seed, layer_number)
         self.recompute_layer = recompute_layer
-        self.input_layernorm = LayerNorm(config.hidden_size, config.layernorm_epsilon, context)
+        self.input_layernorm = build_norm(config, context)
         self.self_attention = SelfAttention(config, context, generator, recompute_core, causal)
-        self.post_attention_layernorm = LayerNorm(config.hidden_size, config.layernorm_epsilon, context)
+        self.post_attention_layernorm = build_norm(config, context)
+        mlp = mlp_class(config)
         if moe is not None and moe.experts_at(layer_number) > 1:
-            expert = partial(MLP, config, ParallelContext.single())
+            expert = partial(mlp, config, ParallelContext.single())
             rank = expert_parallel_rank(context, moe.expert_parallel_size)
             self.mlp = MoEMLP(config, moe, layer_number, seed, generator, expert, rank)
         else:
-            self.mlp = MLP(config, context, generator)
+            self.mlp = mlp(config, context, generator)
         self.hidden_dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -238,7 +235,7 @@ class ParallelTransformer(nn.Module):
         )
         self.moe_loss: torch.Tensor | None = None
         self.recompute_chunks = recompute_plan(recompute_config, config.num_layers)
-        self.final_layernorm = LayerNorm(config.hidden_size, config.layernorm_epsilon, context)
+        self.final_layernorm = build_norm(config, context)
         self.sequence_parallel = context.sequence_parallel
         self.hidden_dropout = config.hidden_dropout
 

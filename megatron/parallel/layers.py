@@ -9,8 +9,11 @@ Both linear layers run their local matrix multiply through ``self.gemm``, ``F.li
 ``megatron.model.float8`` has put an FP8 one in its place; the parameters stay the same either way.
 
 Every parameter carries ``tensor_model_parallel`` (split across ranks or replicated), ``partition_dim`` (the
-dimension it is split along, -1 when replicated) and ``partition_stride`` (always 1 here), which is what
-gradient clipping, weight-decay grouping and checkpoint conversion read.
+dimension it is split along, -1 when replicated) and ``partition_stride``, which is what gradient clipping,
+weight-decay grouping and checkpoint conversion read. The stride is 1 (each rank holds one contiguous chunk)
+except for fused projections of several parts, such as SwiGLU's ``[gate; up]``: with stride ``s`` the
+full tensor is ``s`` equal parts and each rank holds its chunk of every part, so a rank computes whole
+gate/up pairs.
 """
 
 from __future__ import annotations
@@ -30,23 +33,45 @@ from megatron.parallel.mappings import (
 )
 
 
-def set_tensor_parallel_attributes(param: nn.Parameter, partition_dim: int | None) -> nn.Parameter:
-    """Mark ``param`` as split along ``partition_dim``, or as replicated on every rank when it is None."""
+def set_tensor_parallel_attributes(
+    param: nn.Parameter, partition_dim: int | None, stride: int = 1
+) -> nn.Parameter:
+    """Mark ``param`` as split along ``partition_dim`` (in ``stride`` parts, see above), or as replicated
+    on every rank when it is None."""
     param.tensor_model_parallel = partition_dim is not None
     param.partition_dim = -1 if partition_dim is None else partition_dim
-    param.partition_stride = 1
+    param.partition_stride = stride
     return param
 
 
-def _sharded_normal(
-    shape: tuple[int, ...], std: float, shard: slice, dim: int, generator: torch.Generator | None
+def shard_of(full: torch.Tensor, shard: slice, dim: int, stride: int = 1) -> torch.Tensor:
+    """This rank's part of ``full``: ``shard`` (a slice of one of the ``stride`` parts along ``dim``) of
+    every part, concatenated. A copy, so that it does not keep ``full``'s storage alive."""
+    parts = full.chunk(stride, dim=dim)
+    index = [slice(None)] * full.dim()
+    index[dim] = shard
+    return torch.cat([part[tuple(index)] for part in parts], dim=dim).clone()
+
+
+def merge_shards(shards: list[torch.Tensor], dim: int, stride: int = 1) -> torch.Tensor:
+    """The full tensor from every rank's :func:`shard_of` (in rank order)."""
+    parts = [shard.chunk(stride, dim=dim) for shard in shards]
+    return torch.cat([torch.cat([rank[part] for rank in parts], dim=dim) for part in range(stride)], dim=dim)
+
+
+def sharded_normal(
+    shape: tuple[int, ...],
+    std: float,
+    shard: slice,
+    dim: int,
+    generator: torch.Generator | None,
+    stride: int = 1,
 ) -> nn.Parameter:
+    """A parameter drawn N(0, std) at its full ``shape`` (alike on every rank), of which this rank keeps
+    its ``shard`` along ``dim``."""
     full = torch.empty(shape)
     full.normal_(mean=0.0, std=std, generator=generator)
-    index = [slice(None)] * len(shape)
-    index[dim] = shard
-    # clone() so that the parameter does not keep the full tensor's storage alive.
-    return set_tensor_parallel_attributes(nn.Parameter(full[tuple(index)].clone()), dim)
+    return set_tensor_parallel_attributes(nn.Parameter(shard_of(full, shard, dim, stride)), dim, stride)
 
 
 class ColumnParallelLinear(nn.Module):
@@ -66,6 +91,7 @@ class ColumnParallelLinear(nn.Module):
         bias: bool = True,
         gather_output: bool = False,
         generator: torch.Generator | None = None,
+        stride: int = 1,
     ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -73,12 +99,13 @@ class ColumnParallelLinear(nn.Module):
         self.gather_output = gather_output
         self.sequence_parallel = context.sequence_parallel
         self.gemm = F.linear
-        shard = context.tensor_shard(out_features, "ColumnParallelLinear out_features")
-        self.weight = _sharded_normal((out_features, in_features), std, shard, dim=0, generator=generator)
+        what = "ColumnParallelLinear out_features" + (f" / {stride} parts" if stride > 1 else "")
+        shard = context.tensor_shard(out_features // stride, what)
+        shape = (out_features, in_features)
+        self.weight = sharded_normal(shape, std, shard, dim=0, generator=generator, stride=stride)
         if bias:
-            self.bias = set_tensor_parallel_attributes(
-                nn.Parameter(torch.zeros(shard.stop - shard.start)), partition_dim=0
-            )
+            local = stride * (shard.stop - shard.start)
+            self.bias = set_tensor_parallel_attributes(nn.Parameter(torch.zeros(local)), 0, stride)
         else:
             self.register_parameter("bias", None)
 
@@ -118,7 +145,7 @@ class RowParallelLinear(nn.Module):
         self.sequence_parallel = context.sequence_parallel
         self.gemm = F.linear
         shard = context.tensor_shard(in_features, "RowParallelLinear in_features")
-        self.weight = _sharded_normal((out_features, in_features), std, shard, dim=1, generator=generator)
+        self.weight = sharded_normal((out_features, in_features), std, shard, dim=1, generator=generator)
         if bias:
             self.bias = set_tensor_parallel_attributes(nn.Parameter(torch.zeros(out_features)), None)
         else:
@@ -160,7 +187,7 @@ class VocabParallelEmbedding(nn.Module):
         self.group = context.tensor_group
         self.vocab_shard = context.tensor_shard(num_embeddings, "VocabParallelEmbedding num_embeddings")
         shape = (num_embeddings, embedding_dim)
-        self.weight = _sharded_normal(shape, std, self.vocab_shard, dim=0, generator=generator)
+        self.weight = sharded_normal(shape, std, self.vocab_shard, dim=0, generator=generator)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         start, stop = self.vocab_shard.start, self.vocab_shard.stop
@@ -195,3 +222,26 @@ class LayerNorm(nn.LayerNorm):
         weight = copy_to_tensor_parallel_region(self.weight, self.group)
         bias = copy_to_tensor_parallel_region(self.bias, self.group)
         return F.layer_norm(hidden, self.normalized_shape, weight, bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (LLaMA's norm: no mean subtraction, no bias), replicated like :class:`LayerNorm`, whose
+    sequence-parallel gradient rule it shares. Computed in float32 whatever the input's dtype, as HF's
+    ``LlamaRMSNorm`` computes it, the weight applied after the cast back."""
+
+    def __init__(self, hidden_size: int, eps: float, context: ParallelContext):
+        super().__init__()
+        self.eps = eps
+        self.weight = set_tensor_parallel_attributes(nn.Parameter(torch.ones(hidden_size)), None)
+        self.group = context.tensor_group
+        self.sequence_parallel = context.sequence_parallel
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if self.sequence_parallel:
+            weight = copy_to_tensor_parallel_region(weight, self.group)
+        normed = F.rms_norm(hidden.float(), hidden.shape[-1:], eps=self.eps).to(hidden.dtype)
+        return weight * normed
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -12,7 +12,7 @@ from deepspeed.pipe import PipelineModule
 from deepspeed.sequence.layer import DistributedAttention
 from torch import nn
 
-from megatron.config.schema import Config, RecomputeConfig
+from megatron.config.schema import Config, ModelConfig, RecomputeConfig
 from megatron.model.float8 import apply_float8
 from megatron.model.kernels import apply_kernels
 from megatron.model.moe import check_expert_groups, describe_moe
@@ -98,6 +98,31 @@ def attention_path(model: nn.Module, context: ParallelContext) -> str:
     return "torch SDPA"
 
 
+def describe_architecture(model: ModelConfig) -> str:
+    if model.rotary_position_embeddings:
+        channels = "all" if model.rotary_percent == 1.0 else f"{model.rotary_dim} of {model.head_dim}"
+        positions = f"rotary positions (theta {model.rotary_base:g}, {channels} channels)"
+        positions += " and a learned position table" if model.learned_position_embeddings else ""
+    else:
+        positions = "learned positions" if model.learned_position_embeddings else "no position embeddings"
+    parts = [
+        positions,
+        "RMSNorm" if model.normalization == "rmsnorm" else "LayerNorm",
+        f"{'SwiGLU' if model.swiglu else 'GeLU'} MLP (ffn {model.ffn_hidden_size})",
+        "linear biases" if model.add_bias_linear else "no linear biases",
+        f"{model.num_attention_heads} heads"
+        + (
+            f" sharing {model.kv_heads} key/value heads"
+            if model.kv_heads != model.num_attention_heads
+            else ""
+        ),
+        "untied output layer"
+        if model.untie_embeddings_and_output_weights
+        else "output tied to the embedding",
+    ]
+    return ", ".join(parts)
+
+
 def describe_recompute(recompute: RecomputeConfig) -> str:
     if recompute.granularity is None:
         return "off"
@@ -141,6 +166,7 @@ def build_engine(config: Config, context: ParallelContext, model_provider: Model
         config.precision.dtype_name,
         "pipeline" if is_pipeline else "DeepSpeed",
     )
+    logger.info("architecture: %s", describe_architecture(config.model))
     logger.info("activation recomputation: %s", describe_recompute(config.recompute))
     if config.fp8 is not None:
         # Before compiling, so that the compiled graphs hold the FP8 casts and matmuls.

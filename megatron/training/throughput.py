@@ -6,12 +6,19 @@ from megatron.config.schema import ModelConfig
 
 
 def flops_per_token(model: ModelConfig, recompute: bool = False) -> float:
-    """Matmul FLOPs of one token's forward and backward, as Megatron counts them (2 per multiply-add: the QKV,
-    output and MLP projections, the attention scores and values, the logits; x3 for forward plus backward,
-    x4 with full recomputation), with the FFN width taken as configured rather than assumed to be 4h."""
-    layers, hidden, seq = model.num_layers, model.hidden_size, model.seq_length
-    ffn_ratio = model.ffn_hidden_size / (4 * hidden)
-    per_layer = 2 * (4 * hidden * hidden * (1 + 2 * ffn_ratio) + 2 * seq * hidden)
+    """Matmul FLOPs of one token's forward and backward, as Megatron counts them (2 per multiply-add: the
+    query/key/value, output and MLP projections, the attention scores and values, the logits; x3 for forward
+    plus backward, x4 with full recomputation), with the model's own widths: key/value heads for
+    grouped-query attention, SwiGLU's third matrix, the FFN width as configured rather than assumed 4h."""
+    hidden, seq = model.hidden_size, model.seq_length
+    query, key_value = model.num_attention_heads * model.head_dim, model.kv_heads * model.head_dim
+    mlp_matrices = 3 if model.swiglu else 2
+    multiply_adds = (
+        hidden * (query + 2 * key_value)  # fused QKV projection
+        + query * hidden  # attention output projection
+        + mlp_matrices * hidden * model.ffn_hidden_size
+        + 2 * seq * query  # scores and the weighted values
+    )
     logits = 2 * hidden * model.padded_vocab_size
     passes = 4 if recompute else 3
-    return passes * (layers * per_layer + logits)
+    return passes * (model.num_layers * 2 * multiply_adds + logits)

@@ -368,10 +368,10 @@ def test_tool_errors_name_the_flag_or_file(tmp_path):
 
     assert "--load-dir" in error("--load-dir", str(tmp_path / "nope"), "--save-dir", str(tmp_path / "hf"))
     assert "no config.json" in error("--import-hf", str(tmp_path), "--save-dir", str(tmp_path / "c"))
-    (tmp_path / "llama").mkdir()
-    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    assert "model_type 'llama'" in error(
-        "--import-hf", str(tmp_path / "llama"), "--save-dir", str(tmp_path / "c")
+    (tmp_path / "bloom").mkdir()
+    (tmp_path / "bloom" / "config.json").write_text(json.dumps({"model_type": "bloom"}))
+    assert "model_type 'bloom'" in error(
+        "--import-hf", str(tmp_path / "bloom"), "--save-dir", str(tmp_path / "c")
     )
     random_gpt2().config.save_pretrained(tmp_path / "noweights")
     assert "model.safetensors" in error(

@@ -24,7 +24,8 @@ from megatron.config.errors import ConfigError
 from megatron.config.schema import ModelConfig, ParallelConfig
 from megatron.model import GPTModel
 from megatron.model.gpt import parallel_lm_logits
-from megatron.model.gpt_pipe import EmbeddingPipe, FinalLayerNormPipe, TransformerLayerPipe
+from megatron.model.gpt_pipe import EmbeddingPipe, OutputLayerPipe, TransformerLayerPipe
+from megatron.model.norm import build_norm
 from megatron.parallel.context import ParallelContext
 from tests.launch import run_pretrain, tiny_model_flags, write_ds_config
 from tools.checkpoint_util import main as checkpoint_util
@@ -75,7 +76,9 @@ def test_every_layout_round_trips(tmp_path):
         out = str(tmp_path / str(index))
         folder = Path(layout.write_model_checkpoint(out, previous, tensor, pipeline, true_vocab_size=256))
         files = sorted(path.name for path in folder.iterdir())
-        assert files == sorted(layout.required_files(tensor, pipeline, 2))
+        assert files == sorted(
+            layout.required_files(tensor, pipeline, layout.layer_prefixes_of(previous.config))
+        )
         back = layout.read_full_model(str(tmp_path / str(index)))
         assert_same_state(back.state_dict, source.state_dict)
         assert (back.tensor_size, back.pipeline_size) == (tensor, pipeline)
@@ -95,21 +98,33 @@ def test_every_layout_round_trips(tmp_path):
         previous = back
 
 
-def test_tensor_parallel_files_hold_what_each_rank_builds(tmp_path):
-    """Per-rank state dicts load strictly into GPTModel(T=2) ranks, and the pipeline layer files into
-    the pipeline layers (their shapes and names are what DeepSpeed's loaders hand to those modules)."""
-    model = small_model()
+# LLaMA-style: SwiGLU's [gate; up] is split in two parts, key/value heads are grouped, the output layer is
+# a pipeline layer of its own.
+LLAMA_VARIANT = dict(
+    num_key_value_heads=2, swiglu=True, normalization="rmsnorm", add_bias_linear=False,
+    untie_embeddings_and_output_weights=True, learned_position_embeddings=False,
+    rotary_position_embeddings=True,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", [{}, LLAMA_VARIANT], ids=["gpt", "llama"])
+def test_tensor_parallel_files_hold_what_each_rank_builds(tmp_path, variant):
+    """Per-rank state dicts are, value for value, what GPTModel(T=2) ranks build from the same seed (the
+    initialisation does not depend on T), and the pipeline layer files load strictly into the pipeline
+    layers (their shapes and names are what DeepSpeed's loaders hand to those modules)."""
+    model = dataclasses.replace(small_model(), **variant)
     source = full_model(model)
     folder = Path(layout.write_model_checkpoint(str(tmp_path / "t2"), source, 2, 1))
     for rank in range(2):
         context = ParallelContext(tensor_rank=rank, tensor_size=2)
         module = torch.load(folder / f"mp_rank_{rank:02d}_model_states.pt", weights_only=True)["module"]
-        GPTModel(model, context).load_state_dict(module, strict=True)
+        assert_same_state(module, GPTModel(model, context, seed=7).state_dict())
     folder = Path(layout.write_model_checkpoint(str(tmp_path / "t2p2"), source, 2, 2))
     context = ParallelContext(tensor_rank=1, tensor_size=2)
     for index, module in pipeline_layers(model, context):
         state = torch.load(folder / f"layer_{index:02d}-model_01-model_states.pt", weights_only=True)
         module.load_state_dict(state, strict=True)
+    assert layout.read_full_model(str(tmp_path / "t2p2")).state_dict.keys() == source.state_dict.keys()
 
 
 def test_vocabulary_is_repadded_for_the_target_tensor_size(tmp_path):
@@ -190,16 +205,18 @@ def test_command_line_errors_name_the_flag(tmp_path):
         convert()
 
 
+@pytest.mark.parametrize("variant", [{}, LLAMA_VARIANT], ids=["gpt", "llama"])
 @pytest.mark.parametrize("pipeline", [1, 2])
-def test_universal_checkpoint_info_describes_every_parameter(pipeline):
+def test_universal_checkpoint_info_describes_every_parameter(pipeline, variant):
     """Each parameter, under the name DeepSpeed's engine gives it, falls in the category of its split."""
-    model = small_model()
+    model = dataclasses.replace(small_model(), **variant)
     parallel = ParallelConfig(pipeline_model_parallel_size=pipeline)
     config = {"model": dataclasses.asdict(model), "parallel": dataclasses.asdict(parallel), "data": {}}
     info = universal.universal_checkpoint_info(config)
-    renames = layout.engine_parameter_prefixes(model.num_layers)
+    renames = layout.engine_parameter_prefixes(config)
     used = set()
     for name, param in GPTModel(model).named_parameters():
+        vocabulary = name.endswith(("word_embeddings.weight", "output_layer.weight"))
         if pipeline > 1:
             name = next(engine + name[len(prefix) :] for prefix, engine in renames if name.startswith(prefix))
         dim = param.partition_dim if getattr(param, "tensor_model_parallel", False) else None
@@ -209,11 +226,16 @@ def test_universal_checkpoint_info_describes_every_parameter(pipeline):
                 "tp_replicated_parameter_patterns",
                 "parameter_with_row_parallelism_patterns",
                 "vocabulary_parameter_patterns",
+                "parameter_with_2_sub_params_cat_dim_0",
             )
+            if key in info
         }
         assert bool(categories["tp_replicated_parameter_patterns"]) == (dim is None), name
         assert bool(categories["parameter_with_row_parallelism_patterns"]) == (dim == 1), name
-        assert bool(categories["vocabulary_parameter_patterns"]) == name.endswith("word_embeddings.weight")
+        assert bool(categories["vocabulary_parameter_patterns"]) == vocabulary, name
+        if model.swiglu:
+            two_parts = param.partition_stride == 2
+            assert bool(categories["parameter_with_2_sub_params_cat_dim_0"]) == two_parts, name
         used.update(pattern for patterns in categories.values() for pattern in patterns)
     everything = [pattern for key, value in info.items() if key.endswith("_patterns") for pattern in value]
     unused = set(everything) - used - set(info.get("pipeline_replicated_parameter_patterns", []))
@@ -225,8 +247,14 @@ def pipeline_layers(model: ModelConfig, context: ParallelContext) -> list[tuple[
     layers = [
         (number + 1, TransformerLayerPipe(model, context, number, 0)) for number in range(model.num_layers)
     ]
-    final = FinalLayerNormPipe(model.hidden_size, model.layernorm_epsilon, context)
-    return [(0, EmbeddingPipe(model, context, 0)), *layers, (model.num_layers + 1, final)]
+    final = build_norm(model, context)
+    output = [(model.num_layers + 2, OutputLayerPipe(model, context, 0))]
+    return [
+        (0, EmbeddingPipe(model, context, 0)),
+        *layers,
+        (model.num_layers + 1, final),
+        *(output if model.untie_embeddings_and_output_weights else []),
+    ]
 
 
 def pipeline_logits(folder: Path, model: ModelConfig, tokens: torch.Tensor) -> torch.Tensor:

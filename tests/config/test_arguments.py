@@ -92,20 +92,23 @@ def test_rampup_needs_three_values():
 
 def test_unknown_flags_are_listed_with_suggestions():
     argv = REQUIRED + [
-        "--swiglu",
-        "--num-key-value-heads",
+        "--apply-residual-connection-post-layernorm",
+        "--num-layers-per-virtual-pipeline-stage",
         "8",
         "--hidden-sise",
         "64",
-        "--use-rotary-position-embeddings",
+        "--fp32-residual-connection",
     ]
     with pytest.raises(ConfigError) as error:
         parse_args(argv)
     message = str(error.value)
-    for flag in ("--swiglu", "--num-key-value-heads", "--use-rotary-position-embeddings"):
+    for flag in (
+        "--apply-residual-connection-post-layernorm",
+        "--num-layers-per-virtual-pipeline-stage",
+        "--fp32-residual-connection",
+    ):
         assert flag in message
     assert "--hidden-sise (did you mean --hidden-size?)" in message
-    assert "--num-key-value-heads (did you mean --num-attention-heads?)" in message
     assert "'8'" not in message  # a value of an unknown flag is not reported on its own
 
 

@@ -81,6 +81,23 @@ def test_fp8_model_follows_the_plain_model():
         assert relative_error(fp8_grads[name], grad) < 0.15, name
 
 
+def test_fp8_llama_follows_the_plain_llama():
+    """Without biases and with SwiGLU's [gate; up] and grouped key/value heads in the fused projections."""
+    from tests.checkpointing.test_hf_llama import llama_config
+
+    torch.manual_seed(0)
+    plain = GPTModel(llama_config(hidden_size=32, ffn_hidden_size=64))
+    fp8 = copy.deepcopy(plain)
+    assert "in 8 linear layers" in apply_float8(fp8, Float8Config("hybrid"))
+    tokens = torch.randint(0, 128, (2, 17))
+    plain_loss, plain_grads = loss_and_grads(plain, tokens)
+    fp8_loss, fp8_grads = loss_and_grads(fp8, tokens)
+    torch.testing.assert_close(fp8_loss, plain_loss, rtol=2e-3, atol=0)
+    assert fp8_loss != plain_loss
+    for name, grad in plain_grads.items():
+        assert relative_error(fp8_grads[name], grad) < 0.15, name
+
+
 def test_padded_tokens_give_the_unpadded_result():
     """A GPU's FP8 matmul needs the 30 tokens here padded to 32 (curriculum lengths need that); the CPU's
     takes them as they are, so the two can be compared: the zero padding must change nothing."""

@@ -54,6 +54,18 @@ def test_compiled_model_matches_eager_model(allow_one_graph, mode, description):
     assert_compiled_matches_eager(compiled, eager)
 
 
+@pytest.mark.slow
+def test_compiled_llama_matches_eager():
+    """Rotary embeddings, RMSNorm, SwiGLU and grouped-query SDPA inside one compiled graph."""
+    from tests.checkpointing.test_hf_llama import llama_config
+
+    torch.manual_seed(0)
+    eager = GPTModel(llama_config())
+    compiled = copy.deepcopy(eager)
+    assert "one graph" in apply_kernels(compiled, KernelConfig(torch_compile=True))
+    assert_compiled_matches_eager(compiled, eager)
+
+
 def test_one_graph_only_where_nothing_leaves_it():
     assert compiles_as_one_graph(GPTModel(small_config()))
     recomputed = GPTModel(small_config(), recompute=RecomputeConfig(granularity="selective"))

@@ -12,8 +12,8 @@ import torch
 from megatron.config.moe import experts_per_layer
 from megatron.config.schema import MoEConfig, RecomputeConfig
 from megatron.model import GPTModel
+from megatron.model.mlp import MLP
 from megatron.model.moe import MoEMLP
-from megatron.model.transformer import MLP
 from megatron.parallel.context import ParallelContext
 from megatron.parallel.random import init_generator
 from megatron.training.optimizer import weight_decay_groups

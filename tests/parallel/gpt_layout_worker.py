@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from megatron.config.arguments import parse_args  # noqa: E402
 from megatron.config.build import build_config, world_size_from_env  # noqa: E402
 from megatron.parallel.context import ParallelContext, parallel_context_for  # noqa: E402
+from megatron.parallel.layers import merge_shards  # noqa: E402
 from megatron.training.distributed import all_reduce_mean, initialize_distributed  # noqa: E402
 from megatron.training.engine import build_engine  # noqa: E402
 from megatron.training.step import make_batch  # noqa: E402
@@ -39,6 +40,8 @@ def canonical_name(name: str, is_pipeline: bool, num_layers: int) -> str:
     index = int(prefix)
     if 1 <= index <= num_layers:
         return f"language_model.encoder.layers.{index - 1}.{rest}"
+    if index == num_layers + 2:  # an untied output layer
+        return f"language_model.output_layer.{rest}"
     return f"language_model.encoder.final_layernorm.{rest}"
 
 
@@ -47,7 +50,7 @@ def gather_full(tensor: torch.Tensor, param: torch.nn.Parameter, context: Parall
         return tensor.detach().clone()
     pieces = [torch.empty_like(tensor) for _ in range(context.tensor_size)]
     dist.all_gather(pieces, tensor.contiguous(), group=context.tensor_group)
-    return torch.cat(pieces, dim=param.partition_dim)
+    return merge_shards(pieces, param.partition_dim, param.partition_stride)
 
 
 def synthetic_samples(global_batch: int, seq_length: int, steps: int) -> torch.Tensor:

@@ -214,3 +214,47 @@ def test_compiled_dropout_follows_eager(tmp_path, reference, layout):
     )
     assert eager["losses"] != pytest.approx(reference["losses"], rel=1e-5)  # dropout did act
     assert_matches(compiled, eager)
+
+
+# LLaMA-style (Megatron-DeepSpeed's LLaMA recipe flags): rotary positions only, SwiGLU, RMSNorm, no biases,
+# an untied output layer, 4 query heads sharing 2 key/value heads. Each layout against one process of it.
+LLAMA_FLAGS = [
+    "--use-rotary-position-embeddings", "--no-position-embedding", "--swiglu", "--normalization", "rmsnorm",
+    "--disable-bias-linear", "--untie-embeddings-and-output-weights", "--num-key-value-heads", "2",
+    "--ffn-hidden-size", "64",
+]  # fmt: skip
+LLAMA_LAYOUTS = {
+    "tp2": (2, ["--tensor-model-parallel-size", "2"]),
+    "tp2-sequence-parallel-recompute-full": (
+        2,
+        ["--tensor-model-parallel-size", "2", "--sequence-parallel", "--recompute-granularity", "full"],
+    ),
+    "pp2": (2, ["--pipeline-model-parallel-size", "2"]),
+    "tp2-pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]),
+    "ulysses2-recompute-selective": (
+        2,
+        ["--ds-sequence-parallel-size", "2", "--recompute-granularity", "selective"],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def llama_reference(tmp_path_factory) -> dict:
+    tmp_path = tmp_path_factory.mktemp("llama_reference")
+    return run_layout(tmp_path, "llama-single", 1, model_flags(tmp_path) + LLAMA_FLAGS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LLAMA_LAYOUTS))
+def test_llama_layout_matches_single_process(tmp_path, llama_reference, reference, layout):
+    nproc, flags = LLAMA_LAYOUTS[layout]
+    assert "language_model.output_layer.weight" in llama_reference["grads"]
+    assert llama_reference["losses"] != pytest.approx(reference["losses"], rel=1e-3)  # another model
+    result = run_layout(tmp_path, f"llama-{layout}", nproc, model_flags(tmp_path) + LLAMA_FLAGS + flags)
+    assert_matches(result, llama_reference)
+
+
+@pytest.mark.slow
+def test_llama_zero3_losses_match_single_process(tmp_path, llama_reference):
+    flags = model_flags(tmp_path, zero_stage=3) + LLAMA_FLAGS
+    assert_same_losses(run_layout(tmp_path, "llama-dp2-zero3", 2, flags), llama_reference)

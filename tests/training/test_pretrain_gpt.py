@@ -213,11 +213,11 @@ def test_tensorboard_and_offline_wandb_receive_scalars(gpt_data_prefix, tmp_path
 
 def test_bad_flag_fails_before_any_process_group(gpt_data_prefix, tmp_path):
     flags = tiny_model_flags(gpt_data_prefix) + [
-        "--deepspeed_config", str(write_ds_config(tmp_path / "ds.json", 0)), "--swiglu",
+        "--deepspeed_config", str(write_ds_config(tmp_path / "ds.json", 0)), "--fp32-residual-connection",
     ]  # fmt: skip
     result = run_pretrain(flags, launcher="python")
     assert result.returncode == 2
-    assert "--swiglu" in result.stderr
+    assert "--fp32-residual-connection" in result.stderr
     assert "Traceback" not in result.stderr
     assert "process group" not in (result.stdout + result.stderr).lower()
 
