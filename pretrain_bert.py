@@ -45,7 +45,13 @@ def bert_model_provider(config: Config, context: ParallelContext) -> nn.Module:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_tokenizer_type(args.tokenizer_type, "bert")
-    tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file, args.tokenizer_model)
+    tokenizer = build_tokenizer(
+        args.tokenizer_type,
+        args.vocab_file,
+        args.merge_file,
+        args.tokenizer_model,
+        vocab_size=args.vocab_size,
+    )
     config = build_config(args, world_size_from_env(), tokenizer.vocab_size, model_type="bert")
     check_device_precision(config)
     check_sentence_prefixes(config.data.data_path)

@@ -34,7 +34,13 @@ def gpt_model_provider(config: Config, context: ParallelContext) -> nn.Module:
 def build_pretraining(argv: list[str] | None = None) -> Pretraining:
     """Flags to a run ready to train: checks, process group, engine, data (``bench/`` drives it too)."""
     args = parse_args(argv)
-    tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file, args.tokenizer_model)
+    tokenizer = build_tokenizer(
+        args.tokenizer_type,
+        args.vocab_file,
+        args.merge_file,
+        args.tokenizer_model,
+        vocab_size=args.vocab_size,
+    )
     config = build_config(args, world_size_from_env(), tokenizer.vocab_size)
     check_device_precision(config)
     check_data_prefixes(config.data.data_path)

@@ -34,7 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_tokenizer_type(args.tokenizer_type, "t5")
     tokenizer = build_tokenizer(
-        args.tokenizer_type, args.vocab_file, args.merge_file, args.tokenizer_model, args.vocab_extra_ids or 0
+        args.tokenizer_type,
+        args.vocab_file,
+        args.merge_file,
+        args.tokenizer_model,
+        args.vocab_extra_ids or 0,
+        args.vocab_size,
     )
     config = build_config(args, world_size_from_env(), tokenizer.vocab_size, model_type="t5")
     check_device_precision(config)

@@ -21,17 +21,23 @@ LOSS_PATTERN = re.compile(r"iteration\s+(\d+)/.*?\| lm loss: (\S+) \|")
 VALID_PATTERN = re.compile(r"validation loss at .*? \| lm loss value: (\S+) \|")
 
 
-def tiny_model_flags(data_prefix: str, train_iters: int = 6) -> list[str]:
-    """A model small enough for several runs a minute on two cores; dropout off so runs compare exactly."""
+GPT2_TOKENIZER_FLAGS = (
+    "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", str(VOCAB_FILE), "--merge-file", str(MERGE_FILE),
+)  # fmt: skip
+
+
+def tiny_model_flags(
+    data_prefix: str, train_iters: int = 6, tokenizer: tuple[str, ...] = GPT2_TOKENIZER_FLAGS
+) -> list[str]:
+    """A model small enough for several runs a minute on two cores; dropout off so runs compare exactly.
+    ``tokenizer``: the tokenizer flags, the bundled GPT-2 BPE by default."""
     return [
         "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
         "--max-position-embeddings", "32", "--micro-batch-size", "2", "--global-batch-size", "8",
         "--train-iters", str(train_iters), "--lr", "1e-3", "--min-lr", "1e-4", "--lr-decay-style", "cosine",
         "--lr-warmup-iters", "2", "--weight-decay", "0.01", "--clip-grad", "1.0",
         "--attention-dropout", "0", "--hidden-dropout", "0",
-        "--data-path", data_prefix, "--split", "90,10,0",
-        "--tokenizer-type", "GPT2BPETokenizer",
-        "--vocab-file", str(VOCAB_FILE), "--merge-file", str(MERGE_FILE),
+        "--data-path", data_prefix, "--split", "90,10,0", *tokenizer,
         "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "2", "--num-workers", "0",
         "--seed", "1234", "--deepspeed",
     ]  # fmt: skip

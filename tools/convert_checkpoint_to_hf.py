@@ -253,7 +253,17 @@ def _training_tokenizer(data: dict):
 def write_tokenizer_files(save_dir: str, data: dict, max_length: int) -> None:
     """The training tokenizer's files, with a ``tokenizer_config.json`` that makes ``AutoTokenizer`` build
     the same tokenizer (GPT-2's: no prefix space, ``<|endoftext|>`` as bos, eos and unk)."""
-    if data.get("tokenizer_type", "GPT2BPETokenizer") == "GPT2BPETokenizer":
+    tokenizer_type = data.get("tokenizer_type", "GPT2BPETokenizer")
+    if tokenizer_type not in ("GPT2BPETokenizer", "HFTokenizer"):
+        # transformers' conversion of a SentencePiece .model does not always give its ids (runs of leading
+        # spaces differ), and a tokenizer that encodes differently is worse than none.
+        logger.warning(
+            "no tokenizer files written for --tokenizer-type %s; give the HF folder a tokenizer that encodes "
+            "as the training run did",
+            tokenizer_type,
+        )
+        return
+    if tokenizer_type == "GPT2BPETokenizer":
         shutil.copyfile(data["vocab_file"], os.path.join(save_dir, "vocab.json"))
         shutil.copyfile(data["merge_file"], os.path.join(save_dir, "merges.txt"))
         tokenizer_config = {

@@ -4,6 +4,10 @@
         --tokenizer-type GPT2BPETokenizer --vocab-file data/tokenizer/gpt2-bpe/vocab.json \\
         --merge-file data/tokenizer/gpt2-bpe/merges.txt --append-eod --workers 4
 
+For a LLaMA-style SentencePiece model use ``--tokenizer-type Llama2Tokenizer`` (each document starts with
+``<s>``) or ``GPTSentencePieceTokenizer`` (no ``<s>``) with ``--tokenizer-model tokenizer.model``; with
+``--append-eod`` both end each document with ``</s>``.
+
 Each line of the input is one JSON object and becomes one document. Training then takes
 ``--data-path data/kjv_text_document``. With ``--split-sentences`` (BERT and T5 data) each sentence of a
 document is one item and the document index marks where documents end, as in Megatron; the output is then
@@ -55,10 +59,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--vocab-file", default=None, help="GPT2BPETokenizer: vocab.json; BertWordPiece*: vocab.txt"
     )
     group.add_argument("--merge-file", default=None, help="GPT2BPETokenizer: merges.txt")
-    group.add_argument("--tokenizer-model", default=None, help="HFTokenizer: tokenizer.json or its folder")
+    group.add_argument(
+        "--tokenizer-model",
+        default=None,
+        help="HFTokenizer: tokenizer.json or its folder; SentencePiece types: the .model file",
+    )
+    group.add_argument(
+        "--vocab-size", type=int, default=None, help="NullTokenizer: ids in the data are 0..N-1 (eod is N)"
+    )
     group.add_argument("--append-eod", action="store_true", help="end every document with the eod token")
     group.add_argument(
-        "--vocab-extra-ids", type=int, default=0, help="BertWordPiece*: sentinel tokens to add (T5)"
+        "--vocab-extra-ids",
+        type=int,
+        default=0,
+        help="BertWordPiece*, SentencePieceTokenizer: sentinel tokens to add (T5)",
     )
     group = parser.add_argument_group("documents")
     group.add_argument(
@@ -91,7 +105,12 @@ class _Encoder:
     def setup(cls, args: argparse.Namespace) -> None:
         cls.args = args
         cls.tokenizer = build_tokenizer(
-            args.tokenizer_type, args.vocab_file, args.merge_file, args.tokenizer_model, args.vocab_extra_ids
+            args.tokenizer_type,
+            args.vocab_file,
+            args.merge_file,
+            args.tokenizer_model,
+            args.vocab_extra_ids,
+            args.vocab_size,
         )
 
     @classmethod
@@ -128,7 +147,8 @@ class _Encoder:
                     f"{type(text).__name__}, not a string; pass the key that holds the text."
                 )
             pieces = split_sentences(text) if args.split_sentences else [text]
-            items = [ids for ids in map(cls.tokenizer.tokenize, pieces) if ids]
+            # Empty text is dropped before tokenizing, as Llama2Tokenizer would turn even "" into [bos].
+            items = [ids for ids in map(cls.tokenizer.tokenize, filter(None, pieces)) if ids]
             if items and args.append_eod:
                 items[-1].append(cls.tokenizer.eod)
             out[key] = [np.asarray(ids, dtype=np.int64) for ids in items]

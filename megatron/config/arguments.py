@@ -21,6 +21,7 @@ from megatron.config.architecture import add_architecture_flags
 from megatron.config.errors import ConfigError
 from megatron.config.masked_lm import add_masked_lm_flags
 from megatron.config.schema import CompileMode, Fp8Format
+from megatron.data.tokenizer import TOKENIZER_TYPES
 
 # A token such as "-1" or "-.5" is a value, not a flag.
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
@@ -263,17 +264,22 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--split", default="969,30,1", help="Train/validation/test proportions, e.g. 969,30,1."
     )
-    group.add_argument(
-        "--tokenizer-type",
-        choices=["GPT2BPETokenizer", "HFTokenizer", "BertWordPieceLowerCase", "BertWordPieceCase"],
-        default="GPT2BPETokenizer",
-    )
+    group.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES, default="GPT2BPETokenizer")
     group.add_argument(
         "--vocab-file", default=None, help="GPT2BPETokenizer: vocab.json; BertWordPiece*: vocab.txt."
     )
     group.add_argument("--merge-file", default=None, help="GPT-2 BPE merges.txt (GPT2BPETokenizer).")
     group.add_argument(
-        "--tokenizer-model", default=None, help="tokenizer.json, or a folder holding one (HFTokenizer)."
+        "--tokenizer-model",
+        default=None,
+        help="HFTokenizer: tokenizer.json, or a folder holding one; SentencePieceTokenizer, "
+        "GPTSentencePieceTokenizer, Llama2Tokenizer: a SentencePiece .model file.",
+    )
+    group.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="NullTokenizer: size of the vocabulary before the eod id and padding (ids 0..N-1; eod is N).",
     )
     group.add_argument("--data-impl", default="mmap", help="Indexed-dataset format; only mmap is supported.")
     group.add_argument("--eod-mask-loss", action="store_true", help="Do not train on end-of-document tokens.")

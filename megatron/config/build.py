@@ -56,6 +56,10 @@ _TOKENIZER_FILES = {
     "HFTokenizer": ("--tokenizer-model",),
     "BertWordPieceLowerCase": ("--vocab-file",),
     "BertWordPieceCase": ("--vocab-file",),
+    "SentencePieceTokenizer": ("--tokenizer-model",),
+    "GPTSentencePieceTokenizer": ("--tokenizer-model",),
+    "Llama2Tokenizer": ("--tokenizer-model",),
+    "NullTokenizer": ("--vocab-size",),
 }
 _WANDB_MODES = ("online", "offline", "disabled")
 

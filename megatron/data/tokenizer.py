@@ -1,9 +1,10 @@
 """Text <-> token ids, behind one small interface that the data pipeline and the model both rely on.
 
-Both tokenizers wrap HF ``tokenizers`` (Rust) rather than re-implementing BPE, so ids match the reference
-implementations exactly and preprocessing is fast. The wrapper only adds what Megatron needs on top: the
-unpadded ``vocab_size`` (the model pads it), the end-of-document id ``eod`` that separates documents in the
-token stream, and errors that name the flag to fix.
+The tokenizers wrap well-kept libraries rather than re-implementing them, so ids match the reference
+implementations exactly and preprocessing is fast: HF ``tokenizers`` (Rust) for GPT-2's BPE, BERT's WordPiece
+and any ``tokenizer.json``, and ``sentencepiece`` for ``.model`` files (:mod:`.sentencepiece_tokenizer`).
+The wrapper only adds what Megatron needs on top: the unpadded ``vocab_size`` (the model pads it), the
+end-of-document id ``eod`` that separates documents in the token stream, and errors that name the flag to fix.
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from tokenizers import Tokenizer as HFRustTokenizer
 
 from megatron.config.errors import ConfigError
 from megatron.data.bert_tokenizer import BERT_TOKENIZER_TYPES, BertWordPieceTokenizer
+from megatron.data.sentencepiece_tokenizer import SENTENCEPIECE_TOKENIZER_TYPES, build_sentencepiece_tokenizer
 
 GPT2_EOD_TOKEN = "<|endoftext|>"
-TOKENIZER_TYPES = ("GPT2BPETokenizer", "HFTokenizer", *BERT_TOKENIZER_TYPES)
+TOKENIZER_TYPES = (
+    "GPT2BPETokenizer",
+    "HFTokenizer",
+    *BERT_TOKENIZER_TYPES,
+    *SENTENCEPIECE_TOKENIZER_TYPES,
+    "NullTokenizer",
+)
 
 
 class Tokenizer(Protocol):
@@ -102,7 +110,9 @@ class GPT2BPETokenizer(_RustBacked):
 
 
 class HFTokenizer(_RustBacked):
-    """Any tokenizer saved by HF ``tokenizers`` / ``transformers`` as ``tokenizer.json``.
+    """Any tokenizer saved by HF ``tokenizers`` / ``transformers`` as ``tokenizer.json``: GPT-2 style
+    byte-level BPE, or LLaMA style (a SentencePiece BPE converted by transformers, with byte fallback and
+    ``<s>`` / ``</s>``), whose ``</s>`` is then ``eod``.
 
     Encoding applies the tokenizer's own post-processor (for example a Llama BOS), as Megatron's HF wrapper
     does, because that is how such tokenizers expect to see each document.
@@ -129,17 +139,73 @@ class HFTokenizer(_RustBacked):
         super().__init__(tokenizer, _find_eod(tokenizer, path), add_special_tokens=True)
 
 
+class NullTokenizer:
+    """Megatron's tokenizer for text that already is token ids, written as space-separated integers.
+
+    ``--vocab-size N`` names the ids the data may hold (0 .. N-1); one more id, N, is the end of a document,
+    so ``vocab_size`` is N + 1, as in Megatron.
+    """
+
+    name = "NullTokenizer"
+
+    def __init__(self, vocab_size: int) -> None:
+        if vocab_size < 1:
+            raise ConfigError(
+                f"--vocab-size {vocab_size}: NullTokenizer needs the number of token ids in the data (>= 1)."
+            )
+        self._eod = vocab_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self._eod + 1
+
+    @property
+    def eod(self) -> int:
+        return self._eod
+
+    def tokenize(self, text: str) -> list[int]:
+        try:
+            ids = [int(word) for word in text.split()]
+        except ValueError:
+            raise ConfigError(
+                f"NullTokenizer reads each text as space-separated integer token ids; got {text[:60]!r}. "
+                "Write the ids as integers, or pick the --tokenizer-type that fits the text."
+            ) from None
+        out_of_range = [i for i in ids if not 0 <= i < self.vocab_size]
+        if out_of_range:
+            raise ConfigError(
+                f"NullTokenizer: token id {out_of_range[0]} is outside 0..{self.vocab_size - 1} "
+                f"(--vocab-size {self._eod} plus the eod id); raise --vocab-size to cover the data."
+            )
+        return ids
+
+    def detokenize(self, ids: Iterable[int]) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    def __repr__(self) -> str:
+        return f"{self.name}(vocab_size={self.vocab_size}, eod={self.eod})"
+
+
 def build_tokenizer(
     tokenizer_type: str,
     vocab_file: str | None,
     merge_file: str | None,
     tokenizer_model: str | None = None,
     vocab_extra_ids: int = 0,
+    vocab_size: int | None = None,
 ) -> Tokenizer:
     """Build the tokenizer named by ``--tokenizer-type`` from the files its flags point to.
 
-    ``vocab_extra_ids`` (T5's sentinels) applies to the BERT WordPiece tokenizers only.
+    ``vocab_extra_ids`` (T5's sentinels) applies to the BERT WordPiece tokenizers and SentencePieceTokenizer,
+    ``vocab_size`` to NullTokenizer only: the others take their size from their files.
     """
+    if vocab_size is not None and tokenizer_type != "NullTokenizer":
+        raise ConfigError(
+            f"--vocab-size {vocab_size} with --tokenizer-type {tokenizer_type}: only NullTokenizer reads it, "
+            "the other tokenizers take the size from their files; drop --vocab-size."
+        )
+    if tokenizer_type in SENTENCEPIECE_TOKENIZER_TYPES:
+        return build_sentencepiece_tokenizer(tokenizer_type, tokenizer_model, vocab_extra_ids)
     if tokenizer_type in BERT_TOKENIZER_TYPES:
         if not vocab_file:
             raise ConfigError(
@@ -151,9 +217,15 @@ def build_tokenizer(
     if vocab_extra_ids:
         raise ConfigError(
             f"--vocab-extra-ids {vocab_extra_ids} with --tokenizer-type {tokenizer_type}: sentinel tokens "
-            "are added to the BERT WordPiece tokenizers only; use BertWordPieceLowerCase or "
-            "BertWordPieceCase."
+            "are added to the BERT WordPiece tokenizers and SentencePieceTokenizer only; use one of those."
         )
+    if tokenizer_type == "NullTokenizer":
+        if vocab_size is None:
+            raise ConfigError(
+                "--vocab-size is required with --tokenizer-type NullTokenizer (got None); pass the number of "
+                "token ids the data holds (the largest id + 1)."
+            )
+        return NullTokenizer(vocab_size)
     if tokenizer_type == "GPT2BPETokenizer":
         if not vocab_file or not merge_file:
             missing = "--vocab-file" if not vocab_file else "--merge-file"

@@ -28,7 +28,7 @@ from megatron.checkpointing.hf_gpt2 import from_gpt2, qkv_from_hf, qkv_to_hf, to
 from megatron.checkpointing.megatron_lm import megatron_lm_checkpoint  # noqa: E402
 from megatron.config.errors import ConfigError  # noqa: E402
 from megatron.config.schema import ModelConfig, ParallelConfig  # noqa: E402
-from megatron.data.tokenizer import GPT2BPETokenizer  # noqa: E402
+from megatron.data.tokenizer import GPT2BPETokenizer, build_tokenizer  # noqa: E402
 from megatron.model import GPTModel  # noqa: E402
 from tests.launch import MERGE_FILE, VOCAB_FILE, run_pretrain, tiny_model_flags, write_ds_config  # noqa: E402
 from tools.convert_checkpoint_to_hf import main as convert  # noqa: E402
@@ -309,6 +309,24 @@ def test_tool_exports_any_layout_to_a_folder_from_pretrained_loads(tmp_path, ten
     # Megatron-LM at T=1 pads the 100 tokens to 128 rows (T=2 padded them to 256).
     args = torch.load(megatron_lm, weights_only=False)["args"]
     assert args.padded_vocab_size == 128
+
+
+def test_tool_writes_no_tokenizer_for_a_sentencepiece_run(tmp_path, sentencepiece_model):
+    """transformers' conversion of a .model does not always give its ids, so no tokenizer is written rather
+    than one that encodes differently; the model and its eos id still are."""
+    config = small_model(padded_vocab_size=1024)
+    data = {"tokenizer_type": "Llama2Tokenizer", "tokenizer_model": sentencepiece_model}
+    full = layout.FullModel(
+        our_model(config).state_dict(),
+        {"model": dataclasses.asdict(config), "parallel": dataclasses.asdict(ParallelConfig()), "data": data},
+        3, 24, 0, 1, 1,
+    )  # fmt: skip
+    layout.write_model_checkpoint(str(tmp_path / "ckpt"), full, 1, 1)
+    convert(["--load-dir", str(tmp_path / "ckpt"), "--save-dir", str(tmp_path / "hf")])
+    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors"]
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    eos = build_tokenizer("Llama2Tokenizer", None, None, sentencepiece_model).eod
+    assert (hf_config["eos_token_id"], hf_config["vocab_size"]) == (eos, 1000)
 
 
 def test_tool_writes_the_training_tokenizer_for_auto_tokenizer(tmp_path):

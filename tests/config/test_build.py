@@ -197,6 +197,8 @@ ERRORS = [
         "--tokenizer-type GPT2BPETokenizer needs --vocab-file and --merge-file; --merge-file is missing",
     ),
     ({"--tokenizer-type": "HFTokenizer"}, "--tokenizer-type HFTokenizer needs --tokenizer-model"),
+    ({"--tokenizer-type": "Llama2Tokenizer"}, "--tokenizer-type Llama2Tokenizer needs --tokenizer-model"),
+    ({"--tokenizer-type": "NullTokenizer"}, "--tokenizer-type NullTokenizer needs --vocab-size"),
     ({"--data-impl": "lazy"}, "--data-impl lazy is not supported; only mmap"),
     (
         {"--deepspeed": None},

@@ -1,17 +1,19 @@
-"""Tokenizers: GPT2BPETokenizer gives transformers' ids, HFTokenizer finds its eod, bad flags are named."""
+"""Tokenizers: GPT2BPETokenizer and HFTokenizer (GPT-2 and LLaMA style) give transformers' ids, HFTokenizer
+finds its eod, NullTokenizer reads ids, bad flags are named."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
 import regex
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from megatron.config.errors import ConfigError
-from megatron.data.tokenizer import build_tokenizer
+from megatron.data.tokenizer import TOKENIZER_TYPES, build_tokenizer
 from tests.data.corpora import MERGES, TOKENIZER_DIR, VOCAB
 
 SAMPLES = [
@@ -213,3 +215,99 @@ def test_missing_or_bad_hf_tokenizer(tmp_path: Path) -> None:
     broken.write_text('{"version": "1.0"}')
     with pytest.raises(ConfigError, match=r"--tokenizer-model .*tokenizer\.json' could not be read"):
         build_tokenizer("HFTokenizer", None, None, str(broken))
+
+
+@pytest.fixture(scope="module")
+def llama_tokenizer_json(sentencepiece_model: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LLaMA-style tokenizer.json, converted by transformers from the test's SentencePiece model as HF
+    converts LLaMA's tokenizer.model (BPE with byte fallback, <s> added in front)."""
+    from transformers import LlamaTokenizerFast
+
+    source = tmp_path_factory.mktemp("llama_sentencepiece")
+    shutil.copyfile(sentencepiece_model, source / "tokenizer.model")
+    folder = tmp_path_factory.mktemp("llama_hf")
+    converted = LlamaTokenizerFast.from_pretrained(str(source), add_bos_token=True, add_eos_token=False)
+    converted.save_pretrained(str(folder))
+    return folder
+
+
+def test_hf_tokenizer_reads_a_llama_tokenizer_json(
+    llama_tokenizer_json: Path, sentencepiece_model: str
+) -> None:
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(str(llama_tokenizer_json))
+    raw = Tokenizer.from_file(str(llama_tokenizer_json / "tokenizer.json"))
+    assert raw.model.byte_fallback
+    for where in (llama_tokenizer_json, llama_tokenizer_json / "tokenizer.json"):
+        tok = build_tokenizer("HFTokenizer", None, None, str(where))
+        assert tok.vocab_size == len(reference) == 1000
+        assert tok.eod == reference.eos_token_id == raw.token_to_id("</s>")
+        for text in SAMPLES:
+            ids = tok.tokenize(text)
+            assert ids == reference(text)["input_ids"] == raw.encode(text).ids, text
+            assert ids[0] == reference.bos_token_id == raw.token_to_id("<s>"), text
+            assert tok.detokenize(ids) == reference.decode(ids), text
+    assert any(token.startswith("<0x") for token in reference.convert_ids_to_tokens(tok.tokenize("😀")))
+    # On prose the converted file and the SentencePiece model agree; this conversion differs from
+    # SentencePiece on leading spaces (see the Hub layout below).
+    llama2 = build_tokenizer("Llama2Tokenizer", None, None, sentencepiece_model)
+    for text in SAMPLES[:2] + [SAMPLES[4], SAMPLES[7]]:
+        assert tok.tokenize(text) == llama2.tokenize(text), text
+
+
+def test_hf_tokenizer_on_the_llama2_hub_layout_gives_sentencepiece_ids(
+    llama_tokenizer_json: Path, sentencepiece_model: str, tmp_path: Path
+) -> None:
+    """Llama 2's tokenizer.json on the Hub prepends and escapes the space in its normalizer, with no
+    pre-tokenizer. Read as written (by ``tokenizers``, as HFTokenizer does), it gives SentencePiece's ids,
+    hence Llama2Tokenizer's, leading spaces included. (transformers 5 rebuilds a LlamaTokenizer's pipeline
+    and so differs from the file on leading spaces; that is why this compares with ``tokenizers``.)"""
+    hub = Tokenizer.from_file(str(llama_tokenizer_json / "tokenizer.json"))
+    hub.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    hub.pre_tokenizer = None
+    hub.save(str(tmp_path / "tokenizer.json"))
+    tok = build_tokenizer("HFTokenizer", None, None, str(tmp_path / "tokenizer.json"))
+    llama2 = build_tokenizer("Llama2Tokenizer", None, None, sentencepiece_model)
+    assert (tok.vocab_size, tok.eod) == (llama2.vocab_size, llama2.eod)
+    for text in SAMPLES:
+        ids = tok.tokenize(text)
+        assert ids == hub.encode(text).ids == llama2.tokenize(text), text
+        assert tok.detokenize(ids[1:]) == text, text
+
+
+def test_null_tokenizer_reads_ids() -> None:
+    """Megatron's NullTokenizer: --vocab-size N holds ids 0..N-1, eod is N, vocab_size N + 1."""
+    tok = build_tokenizer("NullTokenizer", None, None, vocab_size=100)
+    assert (tok.name, tok.vocab_size, tok.eod) == ("NullTokenizer", 101, 100)
+    assert tok.tokenize("5 0 99  100\n7") == [5, 0, 99, 100, 7]
+    assert tok.tokenize("") == []
+    assert tok.detokenize(tok.tokenize("5 0 99 100 7")) == "5 0 99 100 7"
+
+
+def test_null_tokenizer_errors() -> None:
+    with pytest.raises(ConfigError, match=r"--vocab-size is required with --tokenizer-type NullTokenizer"):
+        build_tokenizer("NullTokenizer", None, None)
+    with pytest.raises(ConfigError, match=r"--vocab-size 0: NullTokenizer needs"):
+        build_tokenizer("NullTokenizer", None, None, vocab_size=0)
+    with pytest.raises(ConfigError, match=r"--vocab-extra-ids 2 with --tokenizer-type NullTokenizer"):
+        build_tokenizer("NullTokenizer", None, None, vocab_extra_ids=2, vocab_size=10)
+    tok = build_tokenizer("NullTokenizer", None, None, vocab_size=10)
+    with pytest.raises(
+        ConfigError, match=r"NullTokenizer reads each text as space-separated integer token ids; got '1 two'"
+    ):
+        tok.tokenize("1 two")
+    for bad in ("11", "-1"):
+        with pytest.raises(ConfigError, match=rf"token id {bad} is outside 0..10 \(--vocab-size 10 plus"):
+            tok.tokenize(f"3 {bad}")
+    with pytest.raises(
+        ConfigError, match=r"--vocab-size 10 with --tokenizer-type GPT2BPETokenizer: only NullTok"
+    ):
+        build_tokenizer("GPT2BPETokenizer", VOCAB, MERGES, vocab_size=10)
+
+
+def test_tokenizer_types_are_megatrons() -> None:
+    assert set(TOKENIZER_TYPES) == {
+        "GPT2BPETokenizer", "HFTokenizer", "BertWordPieceLowerCase", "BertWordPieceCase",
+        "SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer", "NullTokenizer",
+    }  # fmt: skip

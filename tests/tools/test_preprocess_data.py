@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sentencepiece import SentencePieceProcessor
 
 from megatron.config.errors import ConfigError
 from megatron.data.indexed_dataset import MMapIndexedDataset
@@ -29,11 +30,13 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run(input_path: Path, prefix: Path, *extra: str) -> str:
+GPT2_FLAGS = ("--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", VOCAB, "--merge-file", MERGES)
+
+
+def run(input_path: Path, prefix: Path, *extra: str, tokenizer: tuple[str, ...] = GPT2_FLAGS) -> str:
     preprocess(
         [
-            "--input", str(input_path), "--output-prefix", str(prefix),
-            "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", VOCAB, "--merge-file", MERGES,
+            "--input", str(input_path), "--output-prefix", str(prefix), *tokenizer,
             "--dataset-impl", "mmap", "--log-interval", "50", *extra,
         ]
     )  # fmt: skip
@@ -67,6 +70,39 @@ def test_documents_and_append_eod(small_corpus: Path, tmp_path: Path) -> None:
         assert with_eod[i].tolist() == ids + [tokenizer.eod]
     special = next(i for i, text in enumerate(docs) if "<|endoftext|>" in text)
     assert int((np.asarray(without[special]) == tokenizer.eod).sum()) == 1  # the literal text became eod
+
+
+@pytest.mark.parametrize("tokenizer_type", ["GPTSentencePieceTokenizer", "Llama2Tokenizer"])
+def test_sentencepiece_documents(
+    small_corpus: Path, tmp_path: Path, sentencepiece_model: str, tokenizer_type: str
+) -> None:
+    """Llama 2 recipes preprocess with these two: each document is the tokenizer's ids (Llama2Tokenizer's
+    start with <s>) and --append-eod ends it with </s>; an empty document is still skipped."""
+    flags = ("--tokenizer-type", tokenizer_type, "--tokenizer-model", sentencepiece_model)
+    tokenizer = build_tokenizer(tokenizer_type, None, None, sentencepiece_model)
+    docs = [t for t in texts(small_corpus) if t]
+    with_eod = MMapIndexedDataset(run(small_corpus, tmp_path / "eod", "--append-eod", tokenizer=flags))
+    without = MMapIndexedDataset(run(small_corpus, tmp_path / "plain", "--workers", "2", tokenizer=flags))
+    assert len(with_eod) == len(without) == len(docs)
+    assert with_eod.dtype == np.uint16
+    for i, text in enumerate(docs):
+        ids = tokenizer.tokenize(text)
+        assert without[i].tolist() == ids
+        assert with_eod[i].tolist() == ids + [tokenizer.eod]
+    assert tokenizer.eod == SentencePieceProcessor(model_file=sentencepiece_model).piece_to_id("</s>")
+    starts_with_bos = {int(with_eod[i][0]) == tokenizer.bos for i in range(len(docs))}
+    assert starts_with_bos == {tokenizer_type == "Llama2Tokenizer"}
+
+
+def test_null_tokenizer_documents(tmp_path: Path) -> None:
+    path = tmp_path / "ids.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["5 6 7", "", "0", "9 9"]))
+    flags = ("--tokenizer-type", "NullTokenizer", "--vocab-size", "10")
+    dataset = MMapIndexedDataset(run(path, tmp_path / "out", "--append-eod", tokenizer=flags))
+    assert [dataset[i].tolist() for i in range(len(dataset))] == [[5, 6, 7, 10], [0, 10], [9, 9, 10]]
+    with pytest.raises(ConfigError, match=r"--vocab-size is required with --tokenizer-type NullTokenizer"):
+        run(path, tmp_path / "none", tokenizer=flags[:2])
+    assert not list(tmp_path.glob("none_*"))
 
 
 def test_gzip_input_and_several_keys(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import math
 import os
 import re
@@ -11,7 +12,7 @@ import pytest
 import torch
 from deepspeed.accelerator import get_accelerator
 
-from tests.launch import VALID_PATTERN, run_pretrain, tiny_model_flags, write_ds_config
+from tests.launch import REPO_ROOT, VALID_PATTERN, run_pretrain, tiny_model_flags, write_ds_config
 
 
 def test_single_process_loss_falls_and_checkpoint_is_written(gpt_data_prefix, tmp_path):
@@ -32,6 +33,29 @@ def test_single_process_loss_falls_and_checkpoint_is_written(gpt_data_prefix, tm
     assert (save / "latest").read_text() == "global_step8"
     assert (save / "latest_checkpointed_iteration.txt").read_text() == "8"
     assert (save / "global_step8" / "mp_rank_00_model_states.pt").exists()
+
+
+@pytest.mark.slow
+def test_trains_on_llama2_sentencepiece_data(sentencepiece_model, tmp_path):
+    """The Llama 2 recipe's data path: preprocess with Llama2Tokenizer and --append-eod, then train with the
+    same tokenizer flags; the model is sized by the SentencePiece vocabulary."""
+    from tools.preprocess_data import main as preprocess
+
+    corpus = tmp_path / "corpus.jsonl"
+    with (REPO_ROOT / "data" / "corpus" / "kjv.jsonl").open() as source:
+        corpus.write_text("".join(itertools.islice(source, 60)))
+    tokenizer = ("--tokenizer-type", "Llama2Tokenizer", "--tokenizer-model", sentencepiece_model)
+    preprocess(
+        ["--input", str(corpus), "--output-prefix", str(tmp_path / "llama"), *tokenizer, "--append-eod"]
+    )
+    flags = tiny_model_flags(str(tmp_path / "llama_text_document"), train_iters=3, tokenizer=tokenizer) + [
+        "--deepspeed_config", str(write_ds_config(tmp_path / "ds.json", 0)),
+    ]  # fmt: skip
+    result = run_pretrain(flags, launcher="python").check()
+    assert sorted(result.losses) == [1, 2, 3]
+    assert all(math.isfinite(loss) for loss in result.losses.values()), result.losses
+    # Random logits over the 1000 SentencePiece pieces (padded to 1024 rows) start near ln(1000).
+    assert abs(result.losses[1] - math.log(1000)) < 1.0, result.losses
 
 
 @pytest.mark.slow
