@@ -73,27 +73,11 @@ def sentencepiece_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A SentencePiece model trained here on the bundled corpus with LLaMA's settings (BPE, byte fallback,
     digits split, text kept as written, ``<unk> <s> </s>`` at ids 0 1 2 and no pad), since no model can be
     downloaded in tests; returns the path of its ``.model`` file."""
-    from sentencepiece import SentencePieceTrainer
+    from megatron.data.sentencepiece_tokenizer import train_llama_style
 
     folder = tmp_path_factory.mktemp("sentencepiece")
     corpus = sorted((REPO_ROOT / "data" / "corpus").glob("*.jsonl"))[0]
     with corpus.open() as source:
         documents = [json.loads(line)["text"] for line in itertools.islice(source, 100)]
-    SentencePieceTrainer.train(
-        sentence_iterator=iter([line for text in documents for line in text.split("\n") if line]),
-        model_prefix=str(folder / "tokenizer"),
-        vocab_size=1000,
-        model_type="bpe",
-        byte_fallback=True,
-        split_digits=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        num_threads=1,
-        minloglevel=2,
-    )
-    return str(folder / "tokenizer.model")
+    lines = [line for text in documents for line in text.split("\n") if line]
+    return train_llama_style(lines, str(folder / "tokenizer"), vocab_size=1000)

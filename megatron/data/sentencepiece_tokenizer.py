@@ -214,3 +214,31 @@ def build_sentencepiece_tokenizer(
     if tokenizer_type == "Llama2Tokenizer":
         return Llama2Tokenizer(tokenizer_model)
     return GPTSentencePieceTokenizer(tokenizer_model)
+
+
+def train_llama_style(
+    lines: Iterable[str], model_prefix: str, vocab_size: int, threads: int = 1
+) -> str:
+    """Train a SentencePiece model with LLaMA's settings (BPE, byte fallback, digits split, text kept as
+    written, ``<unk> <s> </s>`` at ids 0 1 2 and no pad) on ``lines``; returns the ``.model`` path. For the
+    examples and tests, which cannot download a tokenizer."""
+    from sentencepiece import SentencePieceTrainer
+
+    SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=model_prefix,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=threads,
+        minloglevel=2,
+    )
+    return f"{model_prefix}.model"
