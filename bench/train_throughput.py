@@ -13,7 +13,8 @@ Two modes, launched like training (``deepspeed --num_gpus N bench/train_throughp
   hold compilation) and then times the synthetic step on the same engine, with the same dropout and
   accumulation, so that the two compare directly.
 
-``--model`` picks a shape (small: 125M, medium: 350M, large: 1.3B); every other flag is a ``pretrain_gpt.py``
+``--model`` picks a shape (small: 125M, medium: 350M, large: 1.3B GPTs; tinyllama: TinyLlama-1.1B, LLaMA-style
+with grouped-query attention); every other flag is a ``pretrain_gpt.py``
 flag and overrides the defaults below (``--attention-dropout 0 --hidden-dropout 0`` turns dropout off,
 ``--global-batch-size`` sets the accumulation). Prints one ``RESULT`` line on rank 0. MFU is against
 PEAK_TFLOPS (default 989, H100/H200 dense bf16).
@@ -56,14 +57,29 @@ from megatron.training.step import Batch, StepResult, make_batch  # noqa: E402
 from megatron.training.throughput import flops_per_token  # noqa: E402
 from pretrain_gpt import build_pretraining, gpt_model_provider  # noqa: E402
 
+# The peers' shapes: GPT-2's vocabulary (50257, padded to 50304), and TinyLlama-1.1B's (32000) with the
+# LLaMA-style flags of raw_torch_llama.py's and HF's LlamaForCausalLM's architecture.
+GPT_VOCAB = dict(vocab=50257, padded_vocab=50304, flags=[])
+LLAMA_FLAGS = [
+    "--position-embedding-type", "rope", "--swiglu", "--normalization", "rmsnorm", "--disable-bias-linear",
+    "--untie-embeddings-and-output-weights", "--num-key-value-heads", "4", "--ffn-hidden-size", "5632",
+]  # fmt: skip
 SHAPES = {
-    "small": dict(layers=12, hidden=768, heads=12, seq=1024, micro=16),
-    "medium": dict(layers=24, hidden=1024, heads=16, seq=1024, micro=16),
-    "large": dict(layers=24, hidden=2048, heads=16, seq=2048, micro=8),
+    "small": dict(layers=12, hidden=768, heads=12, seq=1024, micro=16, **GPT_VOCAB),
+    "medium": dict(layers=24, hidden=1024, heads=16, seq=1024, micro=16, **GPT_VOCAB),
+    "large": dict(layers=24, hidden=2048, heads=16, seq=2048, micro=8, **GPT_VOCAB),
+    "tinyllama": dict(
+        layers=22,
+        hidden=2048,
+        heads=32,
+        seq=2048,
+        micro=8,
+        vocab=32000,
+        padded_vocab=32000,
+        flags=LLAMA_FLAGS,
+    ),
 }
 PROFILED_STEPS = 3
-VOCAB = 50257  # GPT-2's, padded to 50304, the peers' vocabulary
-PEER_PADDED_VOCAB = 50304
 # --loop: the log intervals that hold compilation and CUDA-graph recording, left out of the median.
 LOOP_LOG_INTERVAL = 5
 LOOP_WARMUP_INTERVALS = 2
@@ -82,7 +98,7 @@ def shape_flags(shape: dict, ds_config: str, iterations: int) -> list[str]:
         "--num-attention-heads", str(shape["heads"]), "--seq-length", str(shape["seq"]),
         "--max-position-embeddings", str(shape["seq"]), "--micro-batch-size", str(shape["micro"]),
         "--train-iters", str(iterations), "--lr", "1e-4", "--lr-decay-style", "constant",
-        "--deepspeed", "--deepspeed_config", ds_config,
+        "--deepspeed", "--deepspeed_config", ds_config, *shape["flags"],
     ]  # fmt: skip
 
 
@@ -100,7 +116,7 @@ def loop_flags(shape: dict, data_prefix: str, eval_every: int) -> list[str]:
         "--global-batch-size", str(2 * shape["micro"]),
         "--data-path", data_prefix, "--split", "98,2,0", "--tokenizer-type", "GPT2BPETokenizer",
         "--vocab-file", str(tokenizer / "vocab.json"), "--merge-file", str(tokenizer / "merges.txt"),
-        "--make-vocab-size-divisible-by", str(PEER_PADDED_VOCAB),
+        "--make-vocab-size-divisible-by", str(shape["padded_vocab"]),
         "--log-interval", str(LOOP_LOG_INTERVAL), "--eval-interval", str(eval_every), "--eval-iters", "2",
     ]  # fmt: skip
 
@@ -134,7 +150,7 @@ def random_batches(config: Config, context: ParallelContext, device: torch.devic
     seq = config.model.seq_length
     generator = torch.Generator().manual_seed(context.data_rank)
     shape = (batch.gradient_accumulation_steps, batch.micro_batch_size, seq + 1)
-    samples = torch.randint(0, VOCAB, shape, generator=generator)
+    samples = torch.randint(0, config.model.padded_vocab_size, shape, generator=generator)
     return [make_batch({"text": sample}, device, -1, False, context) for sample in samples]
 
 
@@ -195,7 +211,7 @@ def throughput_fields(config: Config, tokens_per_second: float, device: torch.de
 
 
 def run_synthetic(known: argparse.Namespace, flags: list[str], stage: int) -> None:
-    config = build_config(parse_args(flags), world_size_from_env(), VOCAB)
+    config = build_config(parse_args(flags), world_size_from_env(), SHAPES[known.model]["vocab"])
     distributed = initialize_distributed()
     context = parallel_context_for(config.parallel)
     built = build_engine(config, context, gpt_model_provider)
