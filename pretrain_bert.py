@@ -13,7 +13,7 @@ import sys
 from torch import nn
 
 from megatron.config.arguments import parse_args
-from megatron.config.build import build_config, check_device_precision, world_size_from_env
+from megatron.config.build import build_config, check_machine, world_size_from_env
 from megatron.config.masked_lm import check_tokenizer_type
 from megatron.config.schema import Config
 from megatron.data.sentence_samples import check_sentence_prefixes
@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> None:
         vocab_size=args.vocab_size,
     )
     config = build_config(args, world_size_from_env(), tokenizer.vocab_size, model_type="bert")
-    check_device_precision(config)
+    check_machine(config)
     check_sentence_prefixes(config.data.data_path)
-    context = initialize_distributed()
+    context = initialize_distributed(config.parallel.distributed_backend)
     data = BertData(tokenizer, config.masked_lm)
     parallel_context = parallel_context_for(config.parallel)
     Pretraining(config, context, parallel_context, bert_model_provider, tokenizer.eod, data).run()

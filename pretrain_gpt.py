@@ -10,7 +10,7 @@ import sys
 from torch import nn
 
 from megatron.config.arguments import parse_args
-from megatron.config.build import build_config, check_device_precision, world_size_from_env
+from megatron.config.build import build_config, check_machine, world_size_from_env
 from megatron.config.schema import Config
 from megatron.data.gpt_dataset import check_data_prefixes
 from megatron.data.tokenizer import build_tokenizer
@@ -42,9 +42,10 @@ def build_pretraining(argv: list[str] | None = None) -> Pretraining:
         vocab_size=args.vocab_size,
     )
     config = build_config(args, world_size_from_env(), tokenizer.vocab_size)
-    check_device_precision(config)
-    check_data_prefixes(config.data.data_path)
-    context = initialize_distributed()
+    check_machine(config)
+    for flag, blend in config.data.blends().items():
+        check_data_prefixes(blend, flag)
+    context = initialize_distributed(config.parallel.distributed_backend)
     parallel_context = parallel_context_for(config.parallel)
     return Pretraining(config, context, parallel_context, gpt_model_provider, eod=tokenizer.eod)
 

@@ -59,6 +59,7 @@ class TrainState:
     consumed_train_samples: int = 0
     consumed_valid_samples: int = 0
     skipped_iterations: int = 0
+    consumed_train_tokens: int = 0
 
 
 def model_states_path(checkpoint_dir: str, context: ParallelContext, zero_stage: int) -> str:
@@ -75,6 +76,8 @@ def save_checkpoint(engine, save_dir: str, state: TrainState, lr_scheduler, conf
         "consumed_train_samples": state.consumed_train_samples,
         "consumed_valid_samples": state.consumed_valid_samples,
         "skipped_iterations": state.skipped_iterations,
+        # Megatron-DeepSpeed's name for the consumed training tokens (what --train-tokens counts).
+        "tokens": state.consumed_train_tokens,
         "lr_scheduler": lr_scheduler.state_dict(),
         "rng_state": get_rng_state(),
         "checkpoint_version": CHECKPOINT_VERSION,
@@ -152,7 +155,9 @@ def load_checkpoint(
 
     This rank's file is checked first (present, readable, same model and layout), so a damaged or mismatched
     checkpoint fails with the file's name instead of deep inside DeepSpeed. With ``--finetune`` only the
-    weights are taken: counters, optimizer, schedule and RNG start afresh.
+    weights are taken: counters, optimizer, schedule and RNG start afresh. The LR schedule follows
+    ``megatron.config.resume``: its settings by ``scheduler_source``, none of it with --no-load-lr-state;
+    --reset-iteration starts the counters from zero.
     """
     options = config.checkpoint
     latest = os.path.join(load_dir, LATEST_TAG_FILENAME)
@@ -190,14 +195,25 @@ def load_checkpoint(
             converted["pipeline"] if converted else parallel["pipeline_model_parallel_size"],
             "weights only, optimizer state afresh" if converted else "weights and optimizer state resharded",
         )
-    if not options.no_load_optim and "lr_scheduler" in client_state:
-        lr_scheduler.load_state_dict(client_state["lr_scheduler"])
+    if options.no_load_lr_state:
+        logger.info("LR schedule: not loaded (--no-load-lr-state); it starts from its beginning")
+    elif not options.no_load_optim and "lr_scheduler" in client_state:
+        lr_scheduler.load_state_dict(client_state["lr_scheduler"], options.scheduler_source)
     # RNG states belong to the ranks of the saved layout: only an unconverted checkpoint restores them.
     if not options.no_load_rng and converted is None and not universal:
         set_rng_state(client_state["rng_state"])
+    if options.reset_iteration:
+        # DeepSpeed counts its own steps too (its pipeline schedule and logs read them).
+        engine.global_steps, engine.global_samples = 0, 0
+        logger.info("iteration, consumed samples and tokens start from zero (--reset-iteration)")
+        return TrainState()
     return TrainState(
         iteration=client_state["iteration"],
         consumed_train_samples=client_state["consumed_train_samples"],
         consumed_valid_samples=client_state["consumed_valid_samples"],
         skipped_iterations=client_state.get("skipped_iterations", 0),
+        # Checkpoints from before "tokens" was saved: the schedule's count, which leaves out skipped steps.
+        consumed_train_tokens=client_state.get(
+            "tokens", client_state.get("lr_scheduler", {}).get("num_tokens", 0)
+        ),
     )

@@ -199,6 +199,7 @@ class FullModel:
     pipeline_size: int
     skipped_iterations: int = 0
     lr_scheduler: dict | None = None
+    consumed_train_tokens: int | None = None
 
 
 def read_client_state(load_dir: str, tag: str | None = None) -> dict:
@@ -249,6 +250,7 @@ def read_full_model(load_dir: str, tag: str | None = None) -> FullModel:
         pipeline_size=pipeline_size,
         skipped_iterations=int(client.get("skipped_iterations", 0)),
         lr_scheduler=client.get("lr_scheduler"),
+        consumed_train_tokens=client.get("tokens"),
     )
 
 
@@ -370,4 +372,6 @@ def _client_state(full: FullModel, tensor_size: int, pipeline_size: int, padded_
     }
     if full.lr_scheduler is not None:
         state["lr_scheduler"] = full.lr_scheduler
+    if full.consumed_train_tokens is not None:
+        state["tokens"] = full.consumed_train_tokens
     return state

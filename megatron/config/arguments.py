@@ -7,6 +7,10 @@ together (required flags, batch arithmetic, the ds_config) is decided in one pla
 Flags that the ds_config can also set (batch sizes, ``--zero-stage``, ``--clip-grad``, the loss-scale flags)
 default to None here, so that ``build_config`` can tell "not given" from "given the default value" and take
 the value from the ds_config instead; the documented default is applied there when neither says.
+
+Flag groups whose rules have a module of their own are declared there, beside those rules: logging and
+tensorboard (``monitoring``), checkpoints and resuming (``resume``), ZeRO-Offload (``offload``),
+Megatron-DeepSpeed's kernel and backend switches (``compat``), BERT and T5 (``masked_lm``).
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ import sys
 from typing import NoReturn, get_args
 
 from megatron.config.architecture import add_architecture_flags
+from megatron.config.compat import add_compat_flags
 from megatron.config.errors import ConfigError
 from megatron.config.masked_lm import add_masked_lm_flags
+from megatron.config.monitoring import add_logging_flags
+from megatron.config.offload import add_offload_flags
+from megatron.config.resume import add_checkpoint_flags
 from megatron.config.schema import CompileMode, Fp8Format
 from megatron.data.tokenizer import TOKENIZER_TYPES
 
@@ -49,12 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lr_flags(parser)
     _add_precision_flags(parser)
     _add_data_flags(parser)
-    _add_logging_flags(parser)
-    _add_checkpoint_flags(parser)
+    add_logging_flags(parser)
+    add_checkpoint_flags(parser)
     _add_deepspeed_flags(parser)
+    add_offload_flags(parser)
     _add_parallel_flags(parser)
     _add_recompute_flags(parser)
     _add_kernel_flags(parser)
+    add_compat_flags(parser)
     add_masked_lm_flags(parser)
     _add_moe_flags(parser)
     return parser
@@ -159,6 +169,13 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--train-iters", type=int, default=None, help="Train this many iterations.")
     group.add_argument("--train-samples", type=int, default=None, help="Train on this many samples.")
     group.add_argument(
+        "--train-tokens",
+        type=int,
+        default=None,
+        help="Also stop once this many tokens were consumed, counted over all runs of a resumed training "
+        "(with --train-iters or --train-samples, whichever ends first).",
+    )
+    group.add_argument(
         "--exit-interval", type=int, default=None, help="Exit when the iteration is a multiple."
     )
     group.add_argument(
@@ -259,11 +276,20 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
         "--data-path",
         nargs="*",
         default=None,
-        help="One dataset prefix, or weighted prefixes 'w1 prefix1 w2 prefix2 ...' (required).",
+        help="One dataset prefix, or weighted prefixes 'w1 prefix1 w2 prefix2 ...', divided by --split "
+        "(required unless --train-data-path is given).",
     )
     group.add_argument(
         "--split", default="969,30,1", help="Train/validation/test proportions, e.g. 969,30,1."
     )
+    for split, name in (("train", "training"), ("valid", "validation"), ("test", "test")):
+        group.add_argument(
+            f"--{split}-data-path",
+            nargs="*",
+            default=None,
+            help=f"Instead of --data-path and --split: the {name} data, one prefix or 'w1 prefix1 w2 "
+            "prefix2 ...', each read whole.",
+        )
     group.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES, default="GPT2BPETokenizer")
     group.add_argument(
         "--vocab-file", default=None, help="GPT2BPETokenizer: vocab.json; BertWordPiece*: vocab.txt."
@@ -285,43 +311,6 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eod-mask-loss", action="store_true", help="Do not train on end-of-document tokens.")
     group.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes.")
     group.add_argument("--data-cache-path", default=None, help="Where to cache dataset index files.")
-
-
-def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("logging")
-    group.add_argument("--log-interval", type=int, default=100, help="Iterations between log lines.")
-    group.add_argument("--eval-interval", type=int, default=1000, help="Iterations between evaluations.")
-    group.add_argument("--eval-iters", type=int, default=100, help="Iterations per evaluation.")
-    group.add_argument("--tensorboard-dir", default=None, help="Write TensorBoard events here.")
-    group.add_argument("--wandb-project", default=None, help="Log to this Weights & Biases project.")
-    group.add_argument("--wandb-exp-name", default=None, help="Weights & Biases run name.")
-    group.add_argument("--wandb-save-dir", default=None, help="Weights & Biases local directory.")
-    group.add_argument(
-        "--wandb-mode",
-        choices=["online", "offline", "disabled"],
-        default=None,
-        help="Default: the WANDB_MODE environment variable if set, else online.",
-    )
-
-
-def _add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("checkpointing")
-    group.add_argument("--save", default=None, help="Directory to save checkpoints to.")
-    group.add_argument("--load", default=None, help="Directory to load a checkpoint from.")
-    group.add_argument("--save-interval", type=int, default=None, help="Iterations between checkpoints.")
-    group.add_argument("--no-load-optim", action="store_true", help="Do not load optimizer state.")
-    group.add_argument(
-        "--no-load-rng", action="store_true", help="Do not load random-number-generator state."
-    )
-    group.add_argument(
-        "--finetune", action="store_true", help="Load only the weights; reset iteration count and optimizer."
-    )
-    group.add_argument(
-        "--universal-checkpoint",
-        action="store_true",
-        help="--load a DeepSpeed universal checkpoint (tools/checkpoint_util.py --universal): weights and "
-        "optimizer state go into this run's data/tensor/pipeline layout.",
-    )
 
 
 def _add_deepspeed_flags(parser: argparse.ArgumentParser) -> None:
@@ -445,8 +434,11 @@ def _add_kernel_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--use-flash-attn",
+        "--use-flash-attn-v2",
+        dest="use_flash_attn",
         action="store_true",
-        help="Attention through the flash-attn package (a CUDA build) instead of torch SDPA.",
+        help="Attention through the flash-attn package (a CUDA build, its version-2 kernels) instead of "
+        "torch SDPA. --use-flash-attn-v2 is the same.",
     )
 
 

@@ -18,7 +18,9 @@ from deepspeed.accelerator import get_accelerator
 
 from megatron.config import ds_config, parallelism, schedules
 from megatron.config.architecture import architecture_fields, swiglu_ffn_hidden_size
+from megatron.config.compat import check_distributed_backend, log_compat_flags
 from megatron.config.curriculum import curriculum_config, shortest_seq_length
+from megatron.config.data import data_config
 from megatron.config.errors import ConfigError, flag_dest, require_positive
 from megatron.config.float8 import float8_config
 from megatron.config.masked_lm import (
@@ -28,14 +30,14 @@ from megatron.config.masked_lm import (
     resolve_sequence_flags,
 )
 from megatron.config.moe import check_moe_tokens, check_moe_zero_stage, moe_config
+from megatron.config.monitoring import logging_config
+from megatron.config.offload import offload_optimizer
 from megatron.config.recompute import recompute_config
+from megatron.config.resume import checkpoint_config
 from megatron.config.schema import (
-    CheckpointConfig,
     Config,
-    DataConfig,
     DeepSpeedConfig,
     KernelConfig,
-    LoggingConfig,
     ModelConfig,
     OptimizerConfig,
     ParallelConfig,
@@ -49,19 +51,7 @@ _REQUIRED_FLAGS = (
     "--num-attention-heads",
     "--seq-length",
     "--lr",
-    "--data-path",
 )
-_TOKENIZER_FILES = {
-    "GPT2BPETokenizer": ("--vocab-file", "--merge-file"),
-    "HFTokenizer": ("--tokenizer-model",),
-    "BertWordPieceLowerCase": ("--vocab-file",),
-    "BertWordPieceCase": ("--vocab-file",),
-    "SentencePieceTokenizer": ("--tokenizer-model",),
-    "GPTSentencePieceTokenizer": ("--tokenizer-model",),
-    "Llama2Tokenizer": ("--tokenizer-model",),
-    "NullTokenizer": ("--vocab-size",),
-}
-_WANDB_MODES = ("online", "offline", "disabled")
 
 
 def world_size_from_env() -> int:
@@ -114,9 +104,8 @@ def build_config(
     recompute = recompute_config(args, model.num_layers, parallel.pipeline_model_parallel_size)
     duration = schedules.duration_config(args)
     lr_schedule = schedules.lr_schedule_config(args, duration)
-    data = _data_config(args)
-    logging_config = _logging_config(args)
-    checkpoint = _checkpoint_config(args)
+    data = data_config(args)
+    checkpoint = checkpoint_config(args)
     moe = moe_config(args, model, parallel)
 
     ds = ds_config.load_ds_config(ds_path)
@@ -127,14 +116,24 @@ def build_config(
     clip = ds_config.clip_grad(ds, args)
     stage = ds_config.zero_stage(ds, args)
     _check_fp16_stage(precision, stage, ds.path)
+    cpu_adam, offload_section = offload_optimizer(ds, args, stage)
+    optimizer = _optimizer_config(args, clip, cpu_adam)
+    log_config = logging_config(args, optimizer)
     kernels = _kernel_config(args)
+    log_compat_flags(args, kernels)
     _check_cuda_graph_layout(kernels, model_type, parallel, recompute, moe.enabled, stage)
     parallelism.check_pipeline_zero_stage(parallel, stage, ds.path)
     check_moe_zero_stage(moe, stage, ds.path)
     check_moe_tokens(moe, batch.micro_batch_size, shortest_seq_length(curriculum, model.seq_length))
     check_masked_lm_features(masked_lm, moe.enabled, curriculum is not None)
     reconciled = ds_config.reconcile_ds_config(
-        ds, batch=batch, parallel=parallel, precision=precision, clip=clip, stage=stage
+        ds,
+        batch=batch,
+        parallel=parallel,
+        precision=precision,
+        clip=clip,
+        stage=stage,
+        offload_optimizer=offload_section,
     )
     if args.universal_checkpoint:
         # DeepSpeed's own switch for loading the per-parameter files of a universal checkpoint.
@@ -144,11 +143,11 @@ def build_config(
         parallel=parallel,
         batch=batch,
         duration=duration,
-        optimizer=_optimizer_config(args, clip),
+        optimizer=optimizer,
         lr_schedule=lr_schedule,
         precision=precision,
         data=data,
-        logging=logging_config,
+        logging=log_config,
         checkpoint=checkpoint,
         deepspeed=DeepSpeedConfig(config_path=ds.path, ds_config=reconciled, zero_stage=stage),
         recompute=recompute,
@@ -212,8 +211,15 @@ def _check_cuda_graph_layout(
         )
 
 
+def check_machine(config: Config) -> None:
+    """The entry points' check of this machine against the config, before any process group starts:
+    kernels for its precision and a process-group backend it can run."""
+    check_device_precision(config)
+    check_distributed_backend(config.parallel.distributed_backend)
+
+
 def check_device_precision(config: Config) -> None:
-    """The entry points' check of this machine against the config, before any process group starts.
+    """Whether this machine has kernels for the config's half precision.
 
     DeepSpeed refuses a half precision its accelerator lacks only once the engine is built (fp16 on a CPU
     whose PyTorch has no oneDNN fp16 kernels for it, bf16 on a GPU older than Ampere). Apart from
@@ -316,7 +322,7 @@ def _model_config(
     return model
 
 
-def _optimizer_config(args: argparse.Namespace, clip: float) -> OptimizerConfig:
+def _optimizer_config(args: argparse.Namespace, clip: float, cpu_adam: bool) -> OptimizerConfig:
     if args.weight_decay < 0:
         raise ConfigError(f"--weight-decay {args.weight_decay}: must be >= 0.")
     for flag, value in (("--adam-beta1", args.adam_beta1), ("--adam-beta2", args.adam_beta2)):
@@ -334,6 +340,7 @@ def _optimizer_config(args: argparse.Namespace, clip: float) -> OptimizerConfig:
         adam_beta2=args.adam_beta2,
         adam_eps=args.adam_eps,
         sgd_momentum=args.sgd_momentum,
+        cpu_adam=cpu_adam,
     )
 
 
@@ -348,111 +355,3 @@ def _ds_config_path(args: argparse.Namespace) -> str:
             "--deepspeed was given without --deepspeed_config; add --deepspeed_config <ds_config.json>."
         )
     return args.deepspeed_config
-
-
-def _data_config(args: argparse.Namespace) -> DataConfig:
-    for flag in _TOKENIZER_FILES[args.tokenizer_type]:
-        if getattr(args, flag_dest(flag)) is None:
-            needed = " and ".join(_TOKENIZER_FILES[args.tokenizer_type])
-            raise ConfigError(f"--tokenizer-type {args.tokenizer_type} needs {needed}; {flag} is missing.")
-    if args.data_impl != "mmap":
-        raise ConfigError(
-            f"--data-impl {args.data_impl} is not supported; only mmap (.bin/.idx indexed datasets) is. "
-            "Convert the data to mmap or drop the flag."
-        )
-    if args.num_workers < 0:
-        raise ConfigError(f"--num-workers {args.num_workers}: must be >= 0.")
-    _check_split(args.split)
-    return DataConfig(
-        data_path=parse_data_path(args.data_path),
-        split=args.split,
-        tokenizer_type=args.tokenizer_type,
-        vocab_file=args.vocab_file,
-        merge_file=args.merge_file,
-        tokenizer_model=args.tokenizer_model,
-        data_impl="mmap",
-        eod_mask_loss=args.eod_mask_loss,
-        num_workers=args.num_workers,
-        data_cache_path=args.data_cache_path,
-    )
-
-
-def parse_data_path(values: list[str]) -> tuple[tuple[float, str], ...]:
-    """Megatron's --data-path: one prefix, or ``w1 prefix1 w2 prefix2 ...``, with weights normalised to sum
-    to 1. Whether the files exist is the data layer's concern."""
-    if not values:
-        raise ConfigError("--data-path was given no value; give a dataset prefix or 'weight prefix' pairs.")
-    if len(values) == 1:
-        return ((1.0, values[0]),)
-    if len(values) % 2:
-        raise ConfigError(
-            f"--data-path has {len(values)} values: with several datasets it takes 'weight prefix' pairs, so "
-            "the count must be even."
-        )
-    pairs = []
-    for raw_weight, prefix in zip(values[::2], values[1::2]):
-        try:
-            weight = float(raw_weight)
-        except ValueError:
-            raise ConfigError(
-                f"--data-path weight {raw_weight!r} (before {prefix!r}) is not a number; give "
-                "'weight prefix' pairs."
-            ) from None
-        if not weight > 0 or weight == float("inf"):
-            raise ConfigError(
-                f"--data-path weight {raw_weight} (before {prefix!r}) must be a positive number."
-            )
-        pairs.append((weight, prefix))
-    total = sum(weight for weight, _ in pairs)
-    return tuple((weight / total, prefix) for weight, prefix in pairs)
-
-
-def _check_split(split: str) -> None:
-    try:
-        parts = [float(part) for part in split.replace("/", ",").split(",")]
-    except ValueError:
-        parts = []
-    if not parts or len(parts) > 3 or min(parts) < 0 or sum(parts) <= 0:
-        raise ConfigError(
-            f"--split {split!r}: give up to three non-negative train,validation,test proportions, "
-            "e.g. 969,30,1."
-        )
-
-
-def _logging_config(args: argparse.Namespace) -> LoggingConfig:
-    require_positive("--log-interval", args.log_interval)
-    require_positive("--eval-interval", args.eval_interval)
-    if args.eval_iters < 0:
-        raise ConfigError(f"--eval-iters {args.eval_iters}: must be >= 0 (0 turns evaluation off).")
-    wandb_mode = args.wandb_mode or os.environ.get("WANDB_MODE") or "online"
-    if wandb_mode not in _WANDB_MODES:
-        raise ConfigError(
-            f"WANDB_MODE={wandb_mode!r} in the environment: use one of {', '.join(_WANDB_MODES)}."
-        )
-    return LoggingConfig(
-        log_interval=args.log_interval,
-        eval_interval=args.eval_interval,
-        eval_iters=args.eval_iters,
-        tensorboard_dir=args.tensorboard_dir,
-        wandb_project=args.wandb_project,
-        wandb_exp_name=args.wandb_exp_name,
-        wandb_save_dir=args.wandb_save_dir,
-        wandb_mode=wandb_mode,
-    )
-
-
-def _checkpoint_config(args: argparse.Namespace) -> CheckpointConfig:
-    if args.save_interval is not None and args.save is None:
-        raise ConfigError(
-            f"--save-interval {args.save_interval} was given without --save; add --save <directory> or drop "
-            "--save-interval."
-        )
-    require_positive("--save-interval", args.save_interval)
-    return CheckpointConfig(
-        save=args.save,
-        load=args.load,
-        save_interval=args.save_interval,
-        no_load_optim=args.no_load_optim,
-        no_load_rng=args.no_load_rng,
-        finetune=args.finetune,
-    )

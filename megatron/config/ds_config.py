@@ -251,9 +251,11 @@ def reconcile_ds_config(
     precision: PrecisionConfig,
     clip: float,
     stage: int,
+    offload_optimizer: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The dict ``deepspeed.initialize`` gets: the user's file with every setting the flags decide filled
-    in, checked against those flags, and finally run through DeepSpeed's own parser."""
+    in, checked against those flags, and finally run through DeepSpeed's own parser. ``offload_optimizer``
+    is the ZeRO-Offload section that --cpu-optimizer fills in when the file has none."""
     _check_parallel_keys(ds, parallel)
     result = copy.deepcopy(dict(ds.data))
     # Checked to agree with the flags, then dropped: with both present deepspeed.initialize would build a
@@ -272,6 +274,8 @@ def reconcile_ds_config(
     result["train_batch_size"] = batch.global_batch_size
     result["gradient_accumulation_steps"] = accumulation
     result.setdefault("zero_optimization", {})["stage"] = stage
+    if offload_optimizer is not None:
+        result["zero_optimization"]["offload_optimizer"] = dict(offload_optimizer)
     result["gradient_clipping"] = clip
     result.setdefault("steps_per_print", QUIET_STEPS_PER_PRINT)
     if precision.bf16:

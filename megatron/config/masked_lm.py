@@ -24,6 +24,10 @@ _FLAG_USERS = {
     "--vocab-extra-ids": ("t5",),
     "--encoder-seq-length": ("t5",),
     "--decoder-seq-length": ("t5",),
+    # Megatron-DeepSpeed reads per-split data paths in its GPT dataset only; BERT and T5 take --split.
+    "--train-data-path": ("gpt",),
+    "--valid-data-path": ("gpt",),
+    "--test-data-path": ("gpt",),
 }
 DEFAULT_MASK_PROB = 0.15
 DEFAULT_SHORT_SEQ_PROB = 0.1

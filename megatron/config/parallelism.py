@@ -64,6 +64,7 @@ def parallel_config(args: argparse.Namespace, world_size: int) -> ParallelConfig
         sequence_parallel=args.sequence_parallel,
         ds_sequence_parallel_size=ulysses,
         pipeline_partition_method=args.pipeline_partition_method,
+        distributed_backend=args.distributed_backend,
     )
 
 

@@ -19,11 +19,13 @@ def duration_config(args: argparse.Namespace) -> DurationConfig:
         raise ConfigError(f"give exactly one of --train-iters and --train-samples ({given}).")
     require_positive("--train-iters", args.train_iters)
     require_positive("--train-samples", args.train_samples)
+    require_positive("--train-tokens", args.train_tokens)
     require_positive("--exit-interval", args.exit_interval)
     require_positive("--exit-duration-in-mins", args.exit_duration_in_mins)
     return DurationConfig(
         train_iters=args.train_iters,
         train_samples=args.train_samples,
+        train_tokens=args.train_tokens,
         exit_interval=args.exit_interval,
         exit_duration_in_mins=args.exit_duration_in_mins,
     )

@@ -61,6 +61,9 @@ class ModelConfig:
         return int(self.head_dim * self.rotary_percent) if self.rotary_position_embeddings else 0
 
 
+DistributedBackend = Literal["nccl", "gloo", "ccl"]
+
+
 @dataclass(frozen=True)
 class ParallelConfig:
     """Process layout. ``world_size`` is read from the launcher's environment (WORLD_SIZE) before any group
@@ -77,6 +80,8 @@ class ParallelConfig:
     # DeepSpeed-Ulysses: the sequence split over this many ranks, attention through all-to-all.
     ds_sequence_parallel_size: int = 1
     pipeline_partition_method: str = "parameters"
+    # --distributed-backend: the process groups' backend; None: the accelerator's (nccl on GPUs, gloo on CPU).
+    distributed_backend: DistributedBackend | None = None
 
     @property
     def data_parallel_size(self) -> int:
@@ -138,10 +143,12 @@ class BatchConfig:
 
 @dataclass(frozen=True)
 class DurationConfig:
-    """How long to train. Exactly one of ``train_iters`` / ``train_samples`` is set."""
+    """How long to train. Exactly one of ``train_iters`` / ``train_samples`` is set; ``train_tokens``
+    (Megatron-DeepSpeed's --train-tokens) stops the run earlier once that many tokens were consumed."""
 
     train_iters: int | None = None
     train_samples: int | None = None
+    train_tokens: int | None = None
     exit_interval: int | None = None
     exit_duration_in_mins: float | None = None
 
@@ -156,6 +163,9 @@ class OptimizerConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     sgd_momentum: float = 0.9
+    # ZeRO-Offload (--cpu-optimizer, or the ds_config's zero_optimization.offload_optimizer): the update runs
+    # on the CPU in DeepSpeed's CPUAdam, which DeepSpeed requires there.
+    cpu_adam: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,11 +223,17 @@ class Float8Config:
     pad_tokens: bool = False
 
 
+# (weight, prefix) pairs of a dataset blend, weights normalised to sum to 1.
+Blend = tuple[tuple[float, str], ...]
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the tokens come from. ``data_path`` holds (weight, prefix) pairs, weights normalised to sum 1."""
+    """Where the tokens come from: ``data_path`` divided by ``split``, or (Megatron-DeepSpeed's
+    --train-data-path / --valid-data-path / --test-data-path) a blend per split, each read whole; then
+    ``data_path`` is empty and a split without a blend has no data."""
 
-    data_path: tuple[tuple[float, str], ...]
+    data_path: Blend
     split: str = "969,30,1"
     tokenizer_type: str = "GPT2BPETokenizer"
     vocab_file: str | None = None
@@ -228,6 +244,26 @@ class DataConfig:
     eod_mask_loss: bool = False
     num_workers: int = 2
     data_cache_path: str | None = None
+    train_data_path: Blend | None = None
+    valid_data_path: Blend | None = None
+    test_data_path: Blend | None = None
+
+    @property
+    def split_paths(self) -> tuple[Blend | None, Blend | None, Blend | None] | None:
+        """The train/valid/test blends when each split has its own paths; None with --data-path."""
+        if self.data_path:
+            return None
+        return self.train_data_path, self.valid_data_path, self.test_data_path
+
+    def blends(self) -> dict[str, Blend]:
+        """Every blend given, by the flag that gave it (for checking that the files exist)."""
+        named = {
+            "--data-path": self.data_path,
+            "--train-data-path": self.train_data_path,
+            "--valid-data-path": self.valid_data_path,
+            "--test-data-path": self.test_data_path,
+        }
+        return {flag: blend for flag, blend in named.items() if blend}
 
 
 @dataclass(frozen=True)
@@ -245,6 +281,10 @@ class MaskedLMConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
+    """What is logged where. The ``log_*`` switches add Megatron-DeepSpeed's optional tensorboard scalars;
+    ``timing_log_level`` (0-2) chooses which parts of the step are timed (1: forward-backward and
+    optimizer, 2: also batch generation, forward and backward compute), at the cost of a device sync each."""
+
     log_interval: int = 100
     eval_interval: int = 1000
     eval_iters: int = 100
@@ -253,16 +293,35 @@ class LoggingConfig:
     wandb_exp_name: str | None = None
     wandb_save_dir: str | None = None
     wandb_mode: Literal["online", "offline", "disabled"] = "online"
+    tensorboard_queue_size: int = 1000
+    timing_log_level: int = 0
+    log_timers_to_tensorboard: bool = False
+    log_batch_size_to_tensorboard: bool = False
+    log_validation_ppl_to_tensorboard: bool = False
+    log_optimizer_states_to_tensorboard: bool = False
+    log_memory_to_tensorboard: bool = False
+
+
+# Whose LR-schedule settings win when a checkpoint's differ from the flags': neither ("match": a difference
+# is an error), the flags' (--override-opt_param-scheduler) or the checkpoint's
+# (--use-checkpoint-opt_param-scheduler).
+SchedulerSource = Literal["match", "flags", "checkpoint"]
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
+    """``no_load_lr_state``: the LR schedule starts afresh from the flags. ``reset_iteration``: the iteration
+    and the consumed samples and tokens start from zero (weights, optimizer state and LR schedule load)."""
+
     save: str | None = None
     load: str | None = None
     save_interval: int | None = None
     no_load_optim: bool = False
     no_load_rng: bool = False
     finetune: bool = False
+    scheduler_source: SchedulerSource = "match"
+    no_load_lr_state: bool = False
+    reset_iteration: bool = False
 
 
 @dataclass(frozen=True)

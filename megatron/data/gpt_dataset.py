@@ -178,13 +178,13 @@ def parse_data_path(tokens: list[str]) -> tuple[tuple[float, str], ...]:
     return tuple((w / total, p) for w, p in pairs)
 
 
-def check_data_prefixes(data_path: Sequence[tuple[float, str]]) -> None:
-    """Fail with a ConfigError naming ``--data-path`` if any prefix lacks its ``.bin`` or ``.idx`` file."""
+def check_data_prefixes(data_path: Sequence[tuple[float, str]], flag: str = "--data-path") -> None:
+    """Fail with a ConfigError naming ``flag`` if any prefix lacks its ``.bin`` or ``.idx`` file."""
     for _, prefix in data_path:
         missing = [p for p in (data_file_path(prefix), index_file_path(prefix)) if not os.path.isfile(p)]
         if missing:
             raise ConfigError(
-                f"--data-path prefix {prefix!r}: {' and '.join(missing)} not found. Create the files with "
+                f"{flag} prefix {prefix!r}: {' and '.join(missing)} not found. Create the files with "
                 "tools/preprocess_data.py --input FILE.jsonl --output-prefix P, then pass P_text_document: "
                 "the prefix ends in _text_document, without .bin/.idx."
             )
@@ -209,28 +209,62 @@ def build_train_valid_test_datasets(
         raise ConfigError("--data-path is empty; pass a prefix written by tools/preprocess_data.py.")
     if len(data_path) == 1:
         return _single_corpus(data_path[0][1], split, num_samples, seq_length, seed, cache_dir)
-
-    weights = [w for w, _ in data_path]
     per_corpus = [
-        _single_corpus(
-            prefix,
-            split,
-            tuple(int(math.ceil(n * w * BLEND_OVERSAMPLE)) for n in num_samples),
-            seq_length,
-            seed,
-            cache_dir,
-        )
+        _single_corpus(prefix, split, _blend_share(num_samples, w), seq_length, seed, cache_dir)
         for w, prefix in data_path
     ]
-    blended = []
-    for s, n in enumerate(num_samples):
-        parts = [(w, datasets[s]) for w, datasets in zip(weights, per_corpus) if datasets[s] is not None]
-        if n == 0 or not parts:
-            blended.append(None)
-            continue
-        total = sum(w for w, _ in parts)
-        blended.append(BlendedDataset([d for _, d in parts], [w / total for w, _ in parts], n, cache_dir))
-    return blended[0], blended[1], blended[2]
+    weights = [w for w, _ in data_path]
+    return tuple(
+        _blend([(w, datasets[s]) for w, datasets in zip(weights, per_corpus)], n, cache_dir)
+        for s, n in enumerate(num_samples)
+    )
+
+
+def build_separate_datasets(
+    split_paths: Sequence[Sequence[tuple[float, str]] | None],
+    num_samples: tuple[int, int, int],
+    seq_length: int,
+    seed: int,
+    cache_dir: str | None = None,
+) -> tuple[torch.utils.data.Dataset | None, torch.utils.data.Dataset | None, torch.utils.data.Dataset | None]:
+    """Megatron-DeepSpeed's --train-data-path / --valid-data-path / --test-data-path: each split from its
+    own blend (or None), every corpus of it read whole (all its documents), blended as --data-path is."""
+    datasets = []
+    for name, blend, n in zip(SPLIT_NAMES, split_paths, num_samples):
+        if not blend or n == 0:
+            datasets.append(None)
+        elif len(blend) == 1:
+            datasets.append(_whole_corpus(name, blend[0][1], n, seq_length, seed, cache_dir))
+        else:
+            parts = [
+                (w, _whole_corpus(name, prefix, _blend_share((n,), w)[0], seq_length, seed, cache_dir))
+                for w, prefix in blend
+            ]
+            datasets.append(_blend(parts, n, cache_dir))
+    return datasets[0], datasets[1], datasets[2]
+
+
+def _whole_corpus(
+    name: str, prefix: str, num_samples: int, seq_length: int, seed: int, cache_dir: str | None
+) -> GPTDataset:
+    indexed = MMapIndexedDataset(prefix)
+    return GPTDataset(name, indexed, range(len(indexed)), num_samples, seq_length, seed, cache_dir)
+
+
+def _blend_share(num_samples: Sequence[int], weight: float) -> tuple[int, ...]:
+    """What each corpus of a blend is asked for: its share, plus Megatron's margin."""
+    return tuple(int(math.ceil(n * weight * BLEND_OVERSAMPLE)) for n in num_samples)
+
+
+def _blend(
+    parts: Sequence[tuple[float, torch.utils.data.Dataset | None]], size: int, cache_dir: str | None
+) -> BlendedDataset | None:
+    """``size`` samples mixed from the corpora that have data for this split, weights renormalised."""
+    parts = [(w, d) for w, d in parts if d is not None]
+    if size == 0 or not parts:
+        return None
+    total = sum(w for w, _ in parts)
+    return BlendedDataset([d for _, d in parts], [w / total for w, _ in parts], size, cache_dir)
 
 
 def _single_corpus(

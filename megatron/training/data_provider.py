@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 
 from megatron.config.schema import Config
-from megatron.data.gpt_dataset import build_train_valid_test_datasets
+from megatron.data.gpt_dataset import build_separate_datasets, build_train_valid_test_datasets
 from megatron.parallel.context import ParallelContext
 from megatron.training.step import Batch, make_batch
 
@@ -44,13 +44,18 @@ class GPTData:
     eod_mask_loss: bool = False
 
     def build_datasets(self, config: Config, num_samples: tuple[int, int, int]) -> Datasets:
+        data = config.data
+        if data.split_paths is not None:
+            return build_separate_datasets(
+                data.split_paths, num_samples, config.model.seq_length, config.seed, data.data_cache_path
+            )
         return build_train_valid_test_datasets(
-            config.data.data_path,
-            config.data.split,
+            data.data_path,
+            data.split,
             num_samples,
             config.model.seq_length,
             config.seed,
-            cache_dir=config.data.data_cache_path,
+            cache_dir=data.data_cache_path,
         )
 
     def make_batch(

@@ -1,4 +1,5 @@
-"""Process-group start-up through DeepSpeed, which picks NCCL on GPUs and gloo on CPU by itself."""
+"""Process-group start-up through DeepSpeed, on --distributed-backend or else the accelerator's backend
+(NCCL on GPUs, gloo on CPU)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ class DistributedContext:
         return self.rank == 0
 
 
-def initialize_distributed() -> DistributedContext:
+def initialize_distributed(backend: str | None = None) -> DistributedContext:
     """Start (or join) the default process group; a single process without a launcher gets a group of one,
-    on ``MASTER_PORT`` or else on a free port.
+    on ``MASTER_PORT`` or else on a free port. ``backend`` is torch.distributed's (None: the accelerator's);
+    ``megatron.config.compat.check_distributed_backend`` has checked that this machine can run it.
 
     A port that another process holds is reported as a :class:`ConfigError` naming ``MASTER_PORT``.
     """
@@ -50,7 +52,9 @@ def initialize_distributed() -> DistributedContext:
     if not dist.is_initialized():
         announce_op_build(accelerator)
         try:
-            deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), verbose=False)
+            deepspeed.init_distributed(
+                dist_backend=backend or accelerator.communication_backend_name(), verbose=False
+            )
         except dist.DistNetworkError as error:
             if "EADDRINUSE" not in str(error):
                 raise
@@ -62,6 +66,7 @@ def initialize_distributed() -> DistributedContext:
     device = torch.device(
         accelerator.device_name(local_rank) if accelerator.device_name() != "cpu" else "cpu"
     )
+    logger.info("process group: %s backend, %d rank(s)", dist.get_backend(), dist.get_world_size())
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 

@@ -23,6 +23,7 @@ from megatron.training.lr_schedule import LRScheduler
 from megatron.training.optimizer import build_optimizer
 from megatron.training.rng import set_seed, stage_seed
 from megatron.training.step import Batch, StepResult, pipeline_train_step, train_step
+from megatron.training.timers import StepTimers
 
 logger = logging.getLogger("megatron")
 
@@ -40,13 +41,15 @@ class TrainingEngine:
     # The compiled model replays CUDA graphs (train_step keeps accumulated gradients out of their memory).
     replays_cuda_graphs: bool = False
 
-    def train_step(self, micro_batches: Iterator[Batch], num_micro_batches: int) -> StepResult:
+    def train_step(
+        self, micro_batches: Iterator[Batch], num_micro_batches: int, timers: StepTimers | None = None
+    ) -> StepResult:
         """One iteration: ``num_micro_batches`` micro batches, then the update, through the plain engine or
-        on DeepSpeed's pipeline schedule."""
+        on DeepSpeed's pipeline schedule (which runs as one: ``timers`` time the plain engine's parts)."""
         if self.is_pipeline:
             return pipeline_train_step(self.engine, micro_batches, self.clipper)
         return train_step(
-            self.engine, micro_batches, num_micro_batches, self.clipper, self.replays_cuda_graphs
+            self.engine, micro_batches, num_micro_batches, self.clipper, self.replays_cuda_graphs, timers
         )
 
 

@@ -8,9 +8,25 @@ instead; a token decay after a sample warmup starts from the tokens consumed whe
 
 from __future__ import annotations
 
+import logging
 import math
 
-from megatron.config.schema import LRScheduleConfig
+from megatron.config.errors import ConfigError
+from megatron.config.schema import LRScheduleConfig, SchedulerSource
+
+logger = logging.getLogger(__name__)
+
+# The schedule's settings a checkpoint carries, with the flags that set them (lengths are in samples, as
+# Megatron-DeepSpeed's OptimizerParamScheduler counts them, and in tokens).
+_SETTINGS = {
+    "max_lr": "--lr",
+    "min_lr": "--min-lr",
+    "decay_style": "--lr-decay-style",
+    "warmup_samples": "--lr-warmup-iters/-samples/-fraction (in samples)",
+    "decay_samples": "--lr-decay-iters/-samples (in samples)",
+    "warmup_tokens": "--lr-warmup-tokens",
+    "decay_tokens": "--lr-decay-tokens",
+}
 
 
 class LRScheduler:
@@ -80,11 +96,35 @@ class LRScheduler:
             "num_samples": self.num_samples,
             "num_tokens": self.num_tokens,
             "warmup_end_tokens": self.warmup_end_tokens,
-            "max_lr": self.max_lr,
-            "min_lr": self.min_lr,
+            **{name: getattr(self, name) for name in _SETTINGS},
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, source: SchedulerSource = "match") -> None:
+        """Progress from ``state``; its settings replace this schedule's with ``source`` "checkpoint",
+        are ignored with "flags", and must equal them with "match" (checkpoints written before a setting
+        was saved are not checked for it)."""
+        saved = {name: state[name] for name in _SETTINGS if name in state}
+        differing = {name: value for name, value in saved.items() if value != getattr(self, name)}
+        if source == "match" and differing:
+            listed = "; ".join(
+                f"{_SETTINGS[name]}: {value} (checkpoint) vs {getattr(self, name)} (flags)"
+                for name, value in differing.items()
+            )
+            raise ConfigError(
+                f"--load: the checkpoint's LR schedule differs from the flags': {listed}. Add "
+                "--override-opt_param-scheduler to use the flags' settings, or "
+                "--use-checkpoint-opt_param-scheduler to keep the checkpoint's."
+            )
+        if source == "checkpoint":
+            for name, value in saved.items():
+                setattr(self, name, value)
+        if differing:
+            winner = "checkpoint's" if source == "checkpoint" else "flags'"
+            logger.info(
+                "LR schedule: the %s settings where the two differ (%s)",
+                winner,
+                ", ".join(_SETTINGS[name] for name in differing),
+            )
         self.num_samples = int(state["num_samples"])
         self.num_tokens = int(state.get("num_tokens", 0))
         self.warmup_end_tokens = state.get("warmup_end_tokens", self.warmup_end_tokens)

@@ -13,7 +13,11 @@ logger = logging.getLogger("megatron")
 
 
 class MetricsWriter:
-    """Fans scalars out to tensorboard and wandb when they are configured; a no-op on ranks other than 0."""
+    """Fans scalars out to tensorboard and wandb when they are configured; a no-op on ranks other than 0.
+
+    Tensorboard holds up to --tensorboard-queue-size scalars before writing them (and writes at least every
+    two minutes, and at :meth:`close`), as in Megatron-DeepSpeed.
+    """
 
     def __init__(self, config: Config, is_main: bool):
         self._tensorboard = None
@@ -24,8 +28,14 @@ class MetricsWriter:
         if log_config.tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(log_dir=log_config.tensorboard_dir)
-            logger.info("tensorboard: writing to %s", log_config.tensorboard_dir)
+            self._tensorboard = SummaryWriter(
+                log_dir=log_config.tensorboard_dir, max_queue=log_config.tensorboard_queue_size
+            )
+            logger.info(
+                "tensorboard: writing to %s (queue of %d scalars)",
+                log_config.tensorboard_dir,
+                log_config.tensorboard_queue_size,
+            )
         if log_config.wandb_project and log_config.wandb_mode != "disabled":
             import wandb
 
@@ -45,9 +55,20 @@ class MetricsWriter:
             for name, value in values.items():
                 self._tensorboard.add_scalar(name, value, iteration)
                 self._tensorboard.add_scalar(f"{name} vs samples", value, consumed_samples)
-            self._tensorboard.flush()
         if self._wandb_run is not None:
             self._wandb_run.log({**values, "consumed samples": consumed_samples}, step=iteration)
+
+    def tensorboard(
+        self, tag: str, value: float, iteration: int, samples: int | None = None, tokens: int | None = None
+    ) -> None:
+        """One of Megatron-DeepSpeed's tensorboard scalars under its own tag, against the iteration and, when
+        given, also as ``tag vs samples`` and ``tag vs tokens``."""
+        if self._tensorboard is None:
+            return
+        self._tensorboard.add_scalar(tag, value, iteration)
+        for axis, x in (("samples", samples), ("tokens", tokens)):
+            if x is not None:
+                self._tensorboard.add_scalar(f"{tag} vs {axis}", value, x)
 
     def close(self) -> None:
         if self._tensorboard is not None:

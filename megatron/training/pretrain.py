@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
-import torch
 
 from megatron.checkpointing import TrainState, load_checkpoint, save_checkpoint
 from megatron.config.schema import Config
@@ -20,9 +16,11 @@ from megatron.training.curriculum import SeqLengthCurriculum
 from megatron.training.data_provider import DataProvider, GPTData
 from megatron.training.distributed import DistributedContext, all_reduce_mean, any_rank
 from megatron.training.engine import ModelProvider, build_engine
-from megatron.training.metrics import MetricsWriter, format_duration, format_log_line
+from megatron.training.interval_log import IntervalLogger, LogWindow
+from megatron.training.metrics import MetricsWriter
 from megatron.training.step import Batch, evaluate, pipeline_evaluate
 from megatron.training.throughput import flops_per_token
+from megatron.training.timers import StepTimers
 
 logger = logging.getLogger("megatron")
 
@@ -91,6 +89,18 @@ class Pretraining:
                 self.engine, config.checkpoint.load, self.lr_scheduler, config, parallel
             )
         self.metrics = MetricsWriter(config, context.is_main)
+        self.timers = self._step_timers()
+        self.interval_log = IntervalLogger(
+            config=config,
+            parallel=parallel,
+            device=context.device,
+            world_size=context.world_size,
+            engine=self.engine,
+            lr_scheduler=self.lr_scheduler,
+            metrics=self.metrics,
+            timers=self.timers,
+            flops_per_token=flops_per_token(config.model),
+        )
         self.start_time = time.time()
         self.curriculum = SeqLengthCurriculum(config.curriculum) if config.curriculum else None
         self._evaluated = False  # whether this run has evaluated yet (the first one compiles its graphs)
@@ -136,23 +146,43 @@ class Pretraining:
             self.engine.reset_activation_shape()
             self._pipeline_seq_length = seq_length
 
+    def _step_timers(self) -> StepTimers:
+        level = self.config.logging.timing_log_level
+        if level and self.is_pipeline:
+            logger.info(
+                "--timing-log-level %d: DeepSpeed's pipeline engine runs the whole step as one; only the "
+                "iteration time is measured",
+                level,
+            )
+            level = 0
+        return StepTimers(level, self.context.device)
+
     def _finished(self) -> bool:
-        duration = self.config.duration
+        """Megatron-DeepSpeed's end: the iterations or samples are done, or --train-tokens were consumed."""
+        duration, state = self.config.duration, self.state
+        if duration.train_tokens is not None and state.consumed_train_tokens >= duration.train_tokens:
+            return True
         if duration.train_iters is not None:
-            return self.state.iteration >= duration.train_iters
-        return self.state.consumed_train_samples >= duration.train_samples
+            return state.iteration >= duration.train_iters
+        return state.consumed_train_samples >= duration.train_samples
 
     def _target_iterations(self) -> int:
-        duration = self.config.duration
-        return duration.train_iters or math.ceil(duration.train_samples / self.config.batch.global_batch_size)
+        """The last iteration, for the log line's progress and ETA (estimated when --train-tokens ends the
+        run: tokens per iteration change with a curriculum or a batch-size ramp-up)."""
+        duration, batch = self.config.duration, self.config.batch.global_batch_size
+        target = duration.train_iters or math.ceil(duration.train_samples / batch)
+        if duration.train_tokens is None:
+            return target
+        tokens_left = max(0, duration.train_tokens - self.state.consumed_train_tokens)
+        by_tokens = self.state.iteration + math.ceil(tokens_left / (batch * self.config.model.seq_length))
+        return max(self.state.iteration, min(target, by_tokens))
 
     def run(self) -> TrainState:
         config, state = self.config, self.state
         batch_config = config.batch
         tokens_per_sample = config.model.seq_length
-        flops = flops_per_token(config.model)
         first_iteration = state.iteration
-        window = _LogWindow(self.context.device)
+        window = LogWindow(self.context.device)
         while not self._finished():
             global_batch = global_batch_size_at(batch_config, state.consumed_train_samples)
             if global_batch != self.engine.train_batch_size():
@@ -161,12 +191,13 @@ class Pretraining:
             seq_length = self.curriculum.seq_length_at(state.iteration + 1) if self.curriculum else None
             batches = self._train_batches(seq_length)
             self._shape_pipeline_for(seq_length or tokens_per_sample)
-            result = self.built.train_step(batches, micro_batches)
+            result = self.built.train_step(batches, micro_batches, self.timers)
             state.iteration += 1
             if state.iteration == first_iteration + 1:
                 self._log_compile_time("training iteration", window.elapsed())
             state.consumed_train_samples += global_batch
             tokens = global_batch * (seq_length or tokens_per_sample)
+            state.consumed_train_tokens += tokens
             if result.update_applied:
                 self.lr_scheduler.step(global_batch, tokens)
             else:
@@ -174,8 +205,10 @@ class Pretraining:
             window.add(result, global_batch, tokens, seq_length)
 
             if state.iteration % config.logging.log_interval == 0:
-                self._log(window, global_batch, flops, state.iteration - first_iteration)
-                window = _LogWindow(self.context.device)
+                target = self._target_iterations()
+                seconds_per_iteration = (time.time() - self.start_time) / (state.iteration - first_iteration)
+                self.interval_log.log(window, state, global_batch, target, seconds_per_iteration)
+                window = LogWindow(self.context.device)
             evaluate_now = (
                 self.valid_batches is not None and state.iteration % config.logging.eval_interval == 0
             )
@@ -245,141 +278,17 @@ class Pretraining:
         value = loss.item()
         ppl = math.exp(min(20.0, value))
         logger.info("validation loss at %s | lm loss value: %.6E | lm loss PPL: %.6E |", where, value, ppl)
+        state = self.state
         self.metrics.scalars(
             {"lm loss validation": value, "lm loss validation ppl": ppl},
-            self.state.iteration,
-            self.state.consumed_train_samples,
-        )
-
-    def _log(self, window: _LogWindow, global_batch: int, flops: float, iterations_run: int) -> None:
-        state = self.state
-        elapsed = window.elapsed()
-        loss = all_reduce_mean(window.loss_sum / window.iterations).item()
-        samples_per_second = window.samples / elapsed
-        tokens_per_second = window.tokens / elapsed
-        tflops = tokens_per_second * flops / self.context.world_size / 1e12
-        grad_norm = window.last_grad_norm()
-        target = self._target_iterations()
-        seconds_per_iteration = (time.time() - self.start_time) / max(1, iterations_run)
-        extra = self._extra_fields(window)
-        fields = {
-            "iteration": f"{state.iteration:8d}/{target:8d} ({100.0 * state.iteration / target:5.1f}%)",
-            "consumed samples": f"{state.consumed_train_samples:12d}",
-            "elapsed time per iteration (ms)": 1000.0 * elapsed / window.iterations,
-            "learning rate": self.lr_scheduler.get_lr(),
-            "global batch size": f"{global_batch:5d}",
-            "lm loss": loss,
-            **extra,
-            "loss scale": _loss_scale(self.engine.optimizer),
-            "grad norm": grad_norm if grad_norm is not None else float("nan"),
-            "number of skipped iterations": f"{window.skipped:3d}",
-            "number of nan iterations": f"{int(window.nan_count.item()):3d}",
-            "samples per second": samples_per_second,
-            "tokens per second": tokens_per_second,
-            "TFLOPs per GPU": tflops,
-            "memory (GiB)": _memory_gib(self.context.device),
-            "ETA": format_duration(seconds_per_iteration * (target - state.iteration)),
-        }
-        logger.info(format_log_line(fields))
-        self.metrics.scalars(
-            {
-                "lm loss": loss,
-                **{name: float(value) for name, value in extra.items()},
-                "learning rate": fields["learning rate"],
-                "grad norm": fields["grad norm"],
-                "loss scale": fields["loss scale"],
-                "batch size": float(global_batch),
-                "samples per second": samples_per_second,
-                "tokens per second": tokens_per_second,
-                "TFLOPs per GPU": tflops,
-                "skipped iterations": float(window.skipped),
-            },
             state.iteration,
             state.consumed_train_samples,
         )
-
-    def _extra_fields(self, window: _LogWindow) -> dict:
-        """Megatron-DeepSpeed's additions to the log line: the MoE loss (mean over the window and the
-        ranks) and the curriculum's sequence length at the window's last iteration."""
-        fields = {}
-        if window.aux_loss_sum is not None:
-            # The model's second loss: MoE's load balancing, or BERT's sentence order ("sop loss").
-            name = getattr(self.engine.module, "aux_loss_name", "moe loss")
-            fields[name] = all_reduce_mean(window.aux_loss_sum / window.iterations).item()
-        if window.seq_length is not None:
-            fields["curriculum seqlen"] = f"{window.seq_length:5d}"
-        return fields
-
-
-class _LogWindow:
-    """Accumulates one log interval's figures on the device so the step itself never waits on the host."""
-
-    def __init__(self, device: torch.device):
-        self.start = time.time()
-        self.excluded_seconds = 0.0
-        self.device = device
-        self.loss_sum = torch.zeros((), device=device)
-        self.nan_count = torch.zeros((), device=device)
-        self.iterations = 0
-        self.samples = 0
-        self.tokens = 0
-        self.skipped = 0
-        self.grad_norm = None
-        self.aux_loss_sum = None
-        self.seq_length = None
-
-    def add(self, result, global_batch: int, tokens: int, seq_length: int | None = None) -> None:
-        finite = torch.isfinite(result.loss)
-        self.loss_sum += torch.where(finite, result.loss, torch.zeros_like(result.loss))
-        self.nan_count += (~finite).float()
-        if result.aux_loss is not None:
-            self.aux_loss_sum = result.aux_loss + (0.0 if self.aux_loss_sum is None else self.aux_loss_sum)
-        self.iterations += 1
-        self.samples += global_batch
-        self.tokens += tokens
-        self.seq_length = seq_length
-        self.skipped += 0 if result.update_applied else 1
-        self.grad_norm = result.grad_norm
-
-    @contextmanager
-    def paused(self) -> Iterator[None]:
-        """Leave the block's time (evaluation, checkpoints) out of the interval; the training work queued
-        before it still counts."""
-        self._synchronize()
-        start = time.time()
-        try:
-            yield
-        finally:
-            self._synchronize()
-            self.excluded_seconds += time.time() - start
-
-    def elapsed(self) -> float:
-        """Training time since the window began, queued device work included."""
-        self._synchronize()
-        return max(1e-9, time.time() - self.start - self.excluded_seconds)
-
-    def _synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def last_grad_norm(self) -> float | None:
-        if self.grad_norm is None:
-            return None
-        return float(self.grad_norm.item() if torch.is_tensor(self.grad_norm) else self.grad_norm)
-
-
-def _loss_scale(optimizer) -> float:
-    """DeepSpeed's fp16 wrappers expose the current scale as ``loss_scale``; anything else runs unscaled."""
-    scale = getattr(optimizer, "loss_scale", 1.0)
-    return float(scale.item() if torch.is_tensor(scale) else scale)
-
-
-def _memory_gib(device: torch.device) -> float:
-    """Peak device memory on GPU; the process's resident memory on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    with open(f"/proc/{os.getpid()}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
+        if config.logging.log_validation_ppl_to_tensorboard:
+            self.metrics.tensorboard(
+                "lm-loss-validation/lm loss validation ppl",
+                ppl,
+                state.iteration,
+                samples=state.consumed_train_samples,
+                tokens=state.consumed_train_tokens,
+            )

@@ -10,6 +10,7 @@ from torch import nn
 
 from megatron.parallel.context import ParallelContext
 from megatron.training.grad_norm import GradientClipper
+from megatron.training.timers import StepTimers
 
 # What DeepSpeed's pipeline engine takes per micro batch: the first stage's input (a tensor or a tuple of
 # them) and the last stage's loss labels.
@@ -106,6 +107,7 @@ def train_step(
     num_micro_batches: int,
     clipper: GradientClipper | None = None,
     replays_cuda_graphs: bool = False,
+    timers: StepTimers | None = None,
 ) -> StepResult:
     """Forward and backward over ``num_micro_batches``, then the engine's optimizer step at the boundary.
 
@@ -113,19 +115,28 @@ def train_step(
     engine does not wrap the optimizer (ZeRO 0 in fp32 or bf16 autocast) ``clipper`` keeps the gradient
     norm: the engine has it clip at the update, and without clipping it is measured here, before the
     update. Either way without a host sync. ``replays_cuda_graphs``: the model runs as CUDA graphs (see
-    :func:`move_grads_out_of_graph_memory`).
+    :func:`move_grads_out_of_graph_memory`). ``timers`` time the parts of the step (--timing-log-level);
+    the boundary's ``engine.step()``, which updates, is the "optimizer" part.
     """
+    timers = timers or StepTimers(0, engine.device)
     loss_sum = torch.zeros((), device=engine.device)
     aux_loss_sum = None
     for index in range(num_micro_batches):
-        if replays_cuda_graphs and index > 0:
-            move_grads_out_of_graph_memory(engine.module)
-        batch = next(micro_batches)
-        loss, aux_loss = split_losses(engine(*batch.model_inputs()))
-        engine.backward(loss if aux_loss is None else loss + aux_loss)
-        if clipper is not None and clipper.max_norm == 0 and index == num_micro_batches - 1:
-            clipper.measure()
-        engine.step()
+        boundary = index == num_micro_batches - 1
+        with timers.measure("forward-backward"):
+            if replays_cuda_graphs and index > 0:
+                move_grads_out_of_graph_memory(engine.module)
+            with timers.measure("batch-generator"):
+                batch = next(micro_batches)
+            with timers.measure("forward-compute"):
+                loss, aux_loss = split_losses(engine(*batch.model_inputs()))
+            with timers.measure("backward-compute"):
+                engine.backward(loss if aux_loss is None else loss + aux_loss)
+            if clipper is not None and clipper.max_norm == 0 and boundary:
+                clipper.measure()
+        # Off the boundary the engine's step only closes the micro batch; at it, it updates.
+        with timers.measure("optimizer" if boundary else "forward-backward"):
+            engine.step()
         loss_sum += loss.detach().float()
         if aux_loss is not None:
             aux_loss_sum = aux_loss.detach().float() + (0.0 if aux_loss_sum is None else aux_loss_sum)

@@ -31,9 +31,21 @@ BRIEF_FLAGS = """
 """.split()
 
 
-def test_every_megatron_deepspeed_flag_exists():
+# What Megatron-DeepSpeed's recipes (examples_deepspeed/rebase, azure/run-1t.sh) pass besides the above.
+RECIPE_FLAGS = """
+--train-tokens --override-opt_param-scheduler --use-checkpoint-opt_param-scheduler --no-load-lr-state
+--reset-iteration --tensorboard-queue-size --log-timers-to-tensorboard --log-batch-size-to-tensorboard
+--log-validation-ppl-to-tensorboard --log-optimizer-states-to-tensorboard --log-memory-to-tensorboard
+--timing-log-level --distributed-backend --no-async-tensor-model-parallel-allreduce --no-masked-softmax-fusion
+--no-bias-gelu-fusion --no-bias-dropout-fusion --no-gradient-accumulation-fusion --use-flash-attn-v2
+--use-flash-attn-triton --cpu-optimizer --train-data-path --valid-data-path --test-data-path
+""".split()
+
+
+@pytest.mark.parametrize("flags", [BRIEF_FLAGS, RECIPE_FLAGS])
+def test_every_megatron_deepspeed_flag_exists(flags):
     known = {s for action in build_parser()._actions for s in action.option_strings}
-    assert [flag for flag in BRIEF_FLAGS if flag not in known] == []
+    assert [flag for flag in flags if flag not in known] == []
 
 
 def test_defaults_follow_megatron():

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from megatron.config.build import pad_vocab_size, parse_data_path, world_size_from_env
+from megatron.config.build import pad_vocab_size, world_size_from_env
+from megatron.config.data import parse_data_path
 from megatron.config.ds_config import QUIET_STEPS_PER_PRINT
 from megatron.config.errors import ConfigError
 from megatron.config.schema import RecomputeConfig

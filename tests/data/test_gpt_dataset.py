@@ -213,3 +213,29 @@ def test_parse_data_path_errors(tmp_path: Path) -> None:
         ConfigError, match=r"a_text_document\.idx not found.*preprocess_data\.py.*_text_document"
     ):
         parse_data_path(["1", a])
+
+
+def test_separate_split_paths_read_each_corpus_whole(tmp_path: Path) -> None:
+    """--train-data-path 3 A 1 B --valid-data-path V: the train samples blend every document of A and B, the
+    validation samples come from every document of V, and a split without a path has no dataset."""
+    corpora = {name: random_documents(12, seed=seed) for name, seed in (("a", 1), ("b", 2), ("v", 3))}
+    offsets = {"a": 0, "b": 10_000, "v": 20_000}  # each corpus its own token range, to trace samples back
+    prefixes = {
+        name: write_corpus(tmp_path, [doc + offsets[name] for doc in docs], name)
+        for name, docs in corpora.items()
+    }
+
+    def source(sample: np.ndarray) -> str:
+        (name,) = {name for name, start in offsets.items() if start <= sample.min() < start + 10_000}
+        return name
+
+    train, valid, test = gpt_dataset.build_separate_datasets(
+        (((0.75, prefixes["a"]), (0.25, prefixes["b"])), ((1.0, prefixes["v"]),), None), (40, 10, 5), SEQ, 5
+    )
+    assert test is None
+    sources = [source(train[i]["text"]) for i in range(40)]
+    assert (sources.count("a"), sources.count("b")) == (30, 10)
+    assert all(source(valid[i]["text"]) == "v" for i in range(len(valid)))
+    assert len(valid) >= 10 and set(np.asarray(valid.doc_idx).tolist()) == set(range(12))
+    for part in train.datasets:
+        assert set(np.asarray(part.doc_idx).tolist()) == set(range(12))

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from megatron.config.errors import ConfigError
 from megatron.config.schema import BatchConfig, LRScheduleConfig
 from megatron.training.batch_schedule import global_batch_size_at
 from megatron.training.lr_schedule import LRScheduler
@@ -56,3 +57,50 @@ def test_rampup_batch_size_follows_megatron_rule():
         4, 4, 8, 8, 12, 12, 16, 16,
     ]  # fmt: skip
     assert global_batch_size_at(BatchConfig(2, 16, 2), 0) == 16
+
+
+def trained_state(**schedule) -> dict:
+    scheduler = make_scheduler(**schedule)
+    for _ in range(3):
+        scheduler.step(4, 128)
+    return scheduler.state_dict()
+
+
+SAVED = {"decay_style": "cosine", "min_lr": 0.1, "decay_iters": 10, "warmup_iters": 2}
+
+
+def test_a_checkpoint_with_other_settings_needs_a_choice():
+    """Neither flag: the checkpoint's settings must be the flags' (Megatron-DeepSpeed asserts the same)."""
+    state = trained_state(**SAVED)
+    restored = make_scheduler(**SAVED)
+    restored.load_state_dict(state)
+    assert restored.num_samples == 12 and restored.num_tokens == 384
+    changed = make_scheduler(**{**SAVED, "decay_iters": 20, "decay_style": "linear"})
+    with pytest.raises(ConfigError) as error:
+        changed.load_state_dict(state)
+    message = str(error.value)
+    assert "--lr-decay-style: cosine (checkpoint) vs linear (flags)" in message
+    assert "--lr-decay-iters/-samples (in samples): 40 (checkpoint) vs 80 (flags)" in message
+    assert "--override-opt_param-scheduler" in message and "--use-checkpoint-opt_param-scheduler" in message
+
+
+def test_override_takes_the_flags_and_use_checkpoint_the_checkpoints_settings():
+    state = trained_state(**SAVED)
+    flags = {**SAVED, "decay_iters": 20, "min_lr": 0.0}
+    overridden = make_scheduler(**flags)
+    overridden.load_state_dict(state, "flags")
+    kept = make_scheduler(**flags)
+    kept.load_state_dict(state, "checkpoint")
+    # 12 samples into a 2-iteration (8-sample) warmup, then cosine decay over the rest.
+    flags_lr = 0.5 * (math.cos(math.pi * (12 - 8) / (80 - 8)) + 1.0)
+    checkpoint_lr = 0.1 + 0.9 * 0.5 * (math.cos(math.pi * (12 - 8) / (40 - 8)) + 1.0)
+    assert overridden.get_lr() == pytest.approx(flags_lr)
+    assert kept.get_lr() == pytest.approx(checkpoint_lr)
+    assert (kept.decay_samples, kept.min_lr) == (40, 0.1) and overridden.decay_samples == 80
+
+
+def test_a_checkpoint_from_before_the_settings_were_saved_loads_its_progress():
+    state = {"num_samples": 12, "num_tokens": 384, "warmup_end_tokens": 256, "max_lr": 1.0, "min_lr": 0.1}
+    restored = make_scheduler(**{**SAVED, "decay_iters": 20})
+    restored.load_state_dict(state)
+    assert (restored.num_samples, restored.decay_samples) == (12, 80)
