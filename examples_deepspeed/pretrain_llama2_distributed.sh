@@ -25,6 +25,8 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-$((TP * PP))}
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-localhost}
+# The recipe's NCCL on GPUs; gloo where there are none.
+BACKEND=${BACKEND:-$(python3 -c 'import torch; print("nccl" if torch.cuda.is_available() else "gloo")')}
 
 HIDDEN_SIZE=${HIDDEN_SIZE:-256}          # e.g. llama-13b: 5120
 FFN_HIDDEN_SIZE=${FFN_HIDDEN_SIZE:-688}  # e.g. llama-13b: 13824
@@ -104,6 +106,7 @@ torchrun $DISTRIBUTED_ARGS \
        --tokenizer-type GPTSentencePieceTokenizer \
        --tokenizer-model $TOKENIZER_PATH \
        --split 949,50,1 \
+       --distributed-backend $BACKEND \
        --lr $LR \
        --lr-decay-style cosine \
        --min-lr $MIN_LR \

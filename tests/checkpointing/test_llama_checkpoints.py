@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from megatron.checkpointing import layout, universal
+from megatron.config.errors import ConfigError
 from tests.launch import run_pretrain, tiny_model_flags, write_ds_config
 from tools.checkpoint_util import main as checkpoint_util
 from tools.convert_checkpoint_to_hf import main as convert_to_hf
@@ -100,3 +101,42 @@ def test_hf_export_and_import_keep_the_model(trained, tmp_path):
         rows = tensor.shape[0] if name.endswith(("word_embeddings.weight", "output_layer.weight")) else None
         torch.testing.assert_close(imported.state_dict[name][:rows], tensor[:rows], rtol=0, atol=0, msg=name)
     assert math.isfinite(float(expected.sum()))
+
+
+@pytest.mark.slow
+def test_megatron_deepspeed_converter_command_line(trained, tmp_path):
+    """tools/hf2megads_weight_converter.py with the flags of Megatron-DeepSpeed's fine-tuning script
+    (training flags it does not need among them): to HF and back to T=2, and model flags that do not
+    describe the HF model refused before anything is written."""
+    pytest.importorskip("transformers")
+    from tools.hf2megads_weight_converter import main as hf2megads
+
+    source, _ = trained
+    hf_folder, back = tmp_path / "hf", tmp_path / "back"
+    hf2megads([
+        "--hf-ckpt-num-shards", "2", "--hf-ckpt-dir", str(tmp_path / "original"), "--load-mode", "auto",
+        "--to-hf-ckpt", "--load", str(source), "--save", str(hf_folder), "--bf16", "--swiglu",
+        "--repeated-dataloader",
+    ])  # fmt: skip
+    model = layout.read_full_model(str(source))
+    fields = {
+        "num_layers": "--num-layers",
+        "hidden_size": "--hidden-size",
+        "num_attention_heads": "--num-attention-heads",
+        "ffn_hidden_size": "--ffn-hidden-size",
+    }
+    sizes = [item for field, flag in fields.items() for item in (flag, str(model.config["model"][field]))]
+    flags = [
+        "--hf-ckpt-dir", str(hf_folder), "--save", str(back), "--tensor-model-parallel-size", "2",
+        "--pipeline-model-parallel-size", "1", "--finetune", *sizes,
+    ]  # fmt: skip
+    hf2megads(flags)
+    imported = layout.read_full_model(str(back))
+    assert imported.tensor_size == 2
+    for name, tensor in model.state_dict.items():
+        rows = tensor.shape[0] if name.endswith(("word_embeddings.weight", "output_layer.weight")) else None
+        assert torch.equal(imported.state_dict[name][:rows], tensor[:rows]), name
+    wrong = [*flags[:3], str(tmp_path / "never"), *flags[4:], "--num-layers", "5"]
+    with pytest.raises(ConfigError, match="--num-layers 5 \\(the HF model has 2\\)"):
+        hf2megads(wrong)
+    assert not (tmp_path / "never").exists()
