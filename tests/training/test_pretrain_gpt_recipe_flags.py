@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from megatron.data.indexed_dataset import MMapIndexedDataset
+from tests.config.test_compat import KERNEL_SWITCHES
 from tests.data.corpora import write_corpus
 from tests.launch import VALID_PATTERN, run_pretrain, tiny_model_flags, write_ds_config
 
@@ -18,14 +19,6 @@ pytestmark = pytest.mark.slow
 # tiny_model_flags: global batch 8 of 32-token samples; lr 1e-3 to 1e-4, cosine, 2 warmup iterations.
 TOKENS_PER_ITERATION = 8 * 32
 LR_PATTERN = re.compile(r"iteration\s+(\d+)/.*?\| learning rate: (\S+) \|")
-KERNEL_SWITCHES = [
-    "--no-async-tensor-model-parallel-allreduce",
-    "--no-masked-softmax-fusion",
-    "--no-bias-gelu-fusion",
-    "--no-bias-dropout-fusion",
-    "--no-gradient-accumulation-fusion",
-    "--use-flash-attn-triton",
-]
 
 
 def replace_flag(flags: list[str], old: str, new: str, value: str) -> list[str]:
