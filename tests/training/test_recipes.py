@@ -14,11 +14,12 @@ import pytest
 from deepspeed.accelerator import get_accelerator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.launch import LOSS_PATTERN, REPO_ROOT
+from tests.launch import LOSS_PATTERN, REPO_ROOT, free_port
 
 
 def run_recipe(script: str, **variables: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **variables}
+    """The session's MASTER_PORT may be held by this pytest process's own process group: take a free one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()), **variables}
     completed = subprocess.run(
         ["bash", f"examples_deepspeed/{script}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
         timeout=900,
