@@ -20,6 +20,7 @@ from megatron.data.indexed_dataset import MMapIndexedDataset
 from megatron.data.tokenizer import build_tokenizer
 from megatron.data.verify import check_training_data, find_problems
 from tests.launch import MERGE_FILE, VOCAB_FILE, run_pretrain, tiny_model_flags, write_ds_config
+from tests.training.test_pretrain_bert import bert_flags
 from tools.verify_dataset import main as verify_dataset
 
 HEADER = 34  # magic 9, version 8, dtype code 1, sequence count 8, document count 8
@@ -161,3 +162,16 @@ def test_pretrain_gpt_refuses_a_damaged_corpus_before_training(corpus: str, tmp_
     assert f"--data-path {corpus!r}: index file {corpus + '.idx'!r}: tokens are stored as uint8" in errors[0]
     assert "tools/preprocess_data.py" in errors[0]
     assert "iteration" not in result.stdout and "process group" not in result.stdout.lower()
+
+
+def test_pretrain_bert_refuses_a_half_written_corpus(sentence_data_prefix: str, tmp_path: Path) -> None:
+    """BERT and T5 read sentence corpora through their own datasets; the same check runs first."""
+    prefix = str(tmp_path / "sentences_text_sentence")
+    shutil.copyfile(sentence_data_prefix + ".idx", prefix + ".idx")
+    Path(prefix + ".bin").write_bytes(Path(sentence_data_prefix + ".bin").read_bytes()[:1000])
+    result = run_pretrain(bert_flags(prefix, tmp_path), launcher="python", script="pretrain_bert.py")
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    truncated = f"data file {prefix + '.bin'!r} is truncated (an interrupted preprocess or copy): 1000 bytes"
+    assert truncated in errors[0]
