@@ -19,6 +19,7 @@ from megatron.config.schema import DataConfig
 from megatron.data.indexed_dataset import MMapIndexedDataset
 from megatron.data.tokenizer import build_tokenizer
 from megatron.data.verify import check_training_data, find_problems
+from tests.config.recipe import build
 from tests.launch import MERGE_FILE, VOCAB_FILE, run_pretrain, tiny_model_flags, write_ds_config
 from tests.training.test_pretrain_bert import bert_flags
 from tools.verify_dataset import main as verify_dataset
@@ -121,6 +122,15 @@ def test_full_check_finds_a_token_outside_the_vocabulary(corpus: str, vocab_size
     message = single_problem(corpus, vocab_size, full=True)
     assert f"1 token(s) outside the tokenizer's {vocab_size} ids; the first is id {vocab_size + 9}" in message
     assert "at token 2 of sequence 5" in message
+
+
+def test_verify_data_flag(tmp_path: Path) -> None:
+    assert build(tmp_path).data.verify_data == "quick"
+    assert build(tmp_path, {"--verify-data": "full"}).data.verify_data == "full"
+    with pytest.raises(
+        ConfigError, match=r"--verify-data: invalid choice: 'deep' \(choose from 'quick', 'full'\)"
+    ):
+        build(tmp_path, {"--verify-data": "deep"})
 
 
 def test_every_corpus_of_the_run_is_checked(corpus: str, gpt_data_prefix: str) -> None:
