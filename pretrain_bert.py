@@ -18,6 +18,7 @@ from megatron.config.masked_lm import check_tokenizer_type
 from megatron.config.schema import Config
 from megatron.data.sentence_samples import check_sentence_prefixes
 from megatron.data.tokenizer import build_tokenizer
+from megatron.data.verify import check_training_data
 from megatron.model.bert import BertModel
 from megatron.model.bert_pipe import bert_pipeline_module
 from megatron.parallel.context import ParallelContext, parallel_context_for
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     config = build_config(args, world_size_from_env(), tokenizer.vocab_size, model_type="bert")
     check_machine(config)
     check_sentence_prefixes(config.data.data_path)
+    check_training_data(config.data, tokenizer.vocab_size)
     context = initialize_distributed(config.parallel.distributed_backend)
     data = BertData(tokenizer, config.masked_lm)
     parallel_context = parallel_context_for(config.parallel)

@@ -14,6 +14,7 @@ from megatron.config.build import build_config, check_machine, world_size_from_e
 from megatron.config.schema import Config
 from megatron.data.gpt_dataset import check_data_prefixes
 from megatron.data.tokenizer import build_tokenizer
+from megatron.data.verify import check_training_data
 from megatron.model import GPTModel
 from megatron.model.gpt_pipe import gpt_pipeline_module
 from megatron.parallel.context import ParallelContext, parallel_context_for
@@ -45,6 +46,7 @@ def build_pretraining(argv: list[str] | None = None) -> Pretraining:
     check_machine(config)
     for flag, blend in config.data.blends().items():
         check_data_prefixes(blend, flag)
+    check_training_data(config.data, tokenizer.vocab_size)
     context = initialize_distributed(config.parallel.distributed_backend)
     parallel_context = parallel_context_for(config.parallel)
     return Pretraining(config, context, parallel_context, gpt_model_provider, eod=tokenizer.eod)

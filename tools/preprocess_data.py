@@ -13,20 +13,21 @@ Each line of the input is one JSON object and becomes one document. Training the
 document is one item and the document index marks where documents end, as in Megatron; the output is then
 ``PREFIX_{key}_sentence.bin/.idx`` (sentences found by :mod:`megatron.data.sentence_split`). Lines are
 tokenized by a pool of workers but written in input order, so the output is the same for any ``--workers``.
-Empty documents are skipped, as in Megatron.
+Empty documents are skipped, as in Megatron; an input without any document is an error. The outputs appear
+only when complete, replacing the previous ones (``megatron.data.staged_output``); a failed or killed run
+leaves those untouched.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import time
-from typing import IO
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable, as `python -m tools...` does
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,13 +35,10 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable,
 import numpy as np  # noqa: E402
 
 from megatron.config.errors import ConfigError  # noqa: E402
-from megatron.data.indexed_dataset import (  # noqa: E402
-    MMapIndexedDatasetBuilder,
-    best_fitting_dtype,
-    data_file_path,
-    index_file_path,
-)
+from megatron.data.indexed_dataset import best_fitting_dtype  # noqa: E402
+from megatron.data.jsonl_input import check_input, numbered_lines  # noqa: E402
 from megatron.data.sentence_split import split_sentences  # noqa: E402
+from megatron.data.staged_output import StagedDataset  # noqa: E402
 from megatron.data.tokenizer import TOKENIZER_TYPES, Tokenizer, build_tokenizer  # noqa: E402
 
 logger = logging.getLogger("tools.preprocess_data")
@@ -155,19 +153,6 @@ class _Encoder:
         return out, len(line)
 
 
-def _open_input(path: str) -> IO[str]:
-    if not os.path.isfile(path):
-        raise ConfigError(f"--input {path!r} does not exist; pass a .jsonl or .jsonl.gz file.")
-    try:
-        if path.endswith(".gz"):
-            return gzip.open(path, "rt", encoding="utf-8")
-        return open(path, encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            f"--input {path!r} cannot be read ({exc.strerror}); check its permissions."
-        ) from exc
-
-
 def output_prefix(args: argparse.Namespace, key: str) -> str:
     return f"{args.output_prefix}_{key}_{'sentence' if args.split_sentences else 'document'}"
 
@@ -176,15 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     _Encoder.setup(args)  # in this process too: validates the tokenizer flags before any worker starts
-    source = _open_input(args.input)  # before any output file exists, so a bad --input leaves none behind
+    check_input(args.input)  # before any output file exists, so a bad --input leaves none behind
     vocab_size = _Encoder.tokenizer.vocab_size
     dtype = best_fitting_dtype(vocab_size)
-    out_dir = os.path.dirname(os.path.abspath(args.output_prefix))
-    os.makedirs(out_dir, exist_ok=True)
-    builders = {
-        key: MMapIndexedDatasetBuilder(data_file_path(output_prefix(args, key)), dtype)
-        for key in args.json_keys
-    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
+    # Written under staging names and renamed over the previous outputs only once complete (see
+    # megatron/data/staged_output.py): a failed or killed run leaves the previous outputs as they were.
+    outputs = {key: StagedDataset(output_prefix(args, key), dtype) for key in args.json_keys}
     logger.info(
         "tokenizing %s with %s (vocab %d, %s) into %s",
         args.input,
@@ -193,57 +176,79 @@ def main(argv: list[str] | None = None) -> None:
         np.dtype(dtype),
         ", ".join(output_prefix(args, k) for k in args.json_keys),
     )
-
-    start = time.time()
-    lines = skipped = total_bytes = 0
-    with source as f:
-        if args.workers == 1:
-            results = map(_Encoder.encode, enumerate(f, start=1))
-            pool = None
-        else:
-            # spawn, not fork: the parent may already run tokenizer or torch threads, which fork would copy.
-            pool = multiprocessing.get_context("spawn").Pool(args.workers, _Encoder.setup, (args,))
-            results = pool.imap(_Encoder.encode, enumerate(f, start=1), args.chunk_size)
-        try:
-            for doc, size in results:
-                total_bytes += size
-                for key, items in doc.items():
-                    if not items:
-                        skipped += 1
-                        continue
-                    for ids in items:
-                        builders[key].add_item(ids)
-                    builders[key].end_document()
-                lines += 1
-                if lines % args.log_interval == 0:
-                    elapsed = max(time.time() - start, 1e-9)
-                    logger.info(
-                        "processed %d documents (%.0f docs/s, %.2f MB/s)",
-                        lines,
-                        lines / elapsed,
-                        total_bytes / elapsed / 1e6,
-                    )
-        except BaseException:
-            for builder in builders.values():
-                builder.discard()  # no half-written .bin left to be mistaken for a finished corpus
-            raise
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-
-    for key, builder in builders.items():
-        builder.finalize(index_file_path(output_prefix(args, key)))
+    try:
+        documents, lines, skipped, elapsed = _tokenize_into(args, outputs)
+        for key, count in documents.items():
+            if count == 0:
+                raise ConfigError(
+                    f"--input {args.input!r} gave no documents for --json-keys {key!r} ({lines} lines, all "
+                    "empty or with empty text); nothing to train on: check the file and the key."
+                )
+        for output in outputs.values():
+            output.commit()
+    except BaseException:
+        for output in outputs.values():
+            output.discard()
+        raise
     logger.info(
         "done: %d lines in %.1f s, %d empty documents skipped; use --data-path %s",
         lines,
-        time.time() - start,
+        elapsed,
         skipped,
         output_prefix(args, args.json_keys[0]),
     )
 
 
+def _tokenize_into(
+    args: argparse.Namespace, outputs: dict[str, StagedDataset]
+) -> tuple[dict[str, int], int, int, float]:
+    """Tokenize every line into the builders, in input order; returns documents written per key, lines
+    read, empty documents skipped and the seconds taken."""
+    start = time.time()
+    documents = dict.fromkeys(outputs, 0)
+    lines = skipped = total_bytes = 0
+    source = numbered_lines(args.input)
+    if args.workers == 1:
+        results = map(_Encoder.encode, source)
+        pool = None
+    else:
+        # spawn, not fork: the parent may already run tokenizer or torch threads, which fork would copy.
+        pool = multiprocessing.get_context("spawn").Pool(args.workers, _Encoder.setup, (args,))
+        results = pool.imap(_Encoder.encode, source, args.chunk_size)
+    try:
+        for doc, size in results:
+            total_bytes += size
+            for key, items in doc.items():
+                if not items:
+                    skipped += 1
+                    continue
+                for ids in items:
+                    outputs[key].builder.add_item(ids)
+                outputs[key].builder.end_document()
+                documents[key] += 1
+            lines += 1
+            if lines % args.log_interval == 0:
+                elapsed = max(time.time() - start, 1e-9)
+                logger.info(
+                    "processed %d documents (%.0f docs/s, %.2f MB/s)",
+                    lines,
+                    lines / elapsed,
+                    total_bytes / elapsed / 1e6,
+                )
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return documents, lines, skipped, time.time() - start
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler's kill, ``timeout``) unwinds like Ctrl-C, so the staging files are removed."""
+    sys.exit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         main()
     except ConfigError as exc:  # the message says what to fix; a traceback would only bury it

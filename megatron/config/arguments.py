@@ -311,6 +311,13 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eod-mask-loss", action="store_true", help="Do not train on end-of-document tokens.")
     group.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes.")
     group.add_argument("--data-cache-path", default=None, help="Where to cache dataset index files.")
+    group.add_argument(
+        "--verify-data",
+        choices=("quick", "full"),
+        default="quick",
+        help="Checks of each corpus before training: quick (index against .bin, dtype against the "
+        "vocabulary; reads only the index) or full (also every token id; reads the whole .bin).",
+    )
 
 
 def _add_deepspeed_flags(parser: argparse.ArgumentParser) -> None:

@@ -51,6 +51,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
         eod_mask_loss=args.eod_mask_loss,
         num_workers=args.num_workers,
         data_cache_path=args.data_cache_path,
+        verify_data=args.verify_data,
         **split_paths,
     )
 

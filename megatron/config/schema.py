@@ -247,6 +247,9 @@ class DataConfig:
     train_data_path: Blend | None = None
     valid_data_path: Blend | None = None
     test_data_path: Blend | None = None
+    # How the corpora are checked before training: "quick" (index vs .bin, dtype vs vocabulary) or "full"
+    # (also every token id against the vocabulary); see megatron/data/verify.py.
+    verify_data: Literal["quick", "full"] = "quick"
 
     @property
     def split_paths(self) -> tuple[Blend | None, Blend | None, Blend | None] | None:

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from megatron.config.errors import ConfigError
+from megatron.data import integrity
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -100,10 +101,11 @@ class _Index:
                 "damaged or from another format: re-create it with tools/preprocess_data.py."
             )
         expected = _HEADER.size + count * (4 + 8) + doc_count * 8
-        if file_size < expected:
+        if file_size != expected:
+            state = "is truncated" if file_size < expected else "is longer than its header says"
             raise ConfigError(
-                f"index file {path!r} is truncated: {file_size} bytes, its header promises {expected}; "
-                "re-create it with tools/preprocess_data.py (an interrupted run leaves such files)."
+                f"index file {path!r} {state}: {file_size} bytes, its header promises {expected}; "
+                "re-create it with tools/preprocess_data.py (an interrupted run or copy leaves such files)."
             )
         self.dtype = DTYPE_CODES[code]
         buffer = np.memmap(path, mode="r", dtype=np.uint8)
@@ -116,14 +118,19 @@ class _Index:
 
 
 class MMapIndexedDataset:
-    """Read-only access to ``PREFIX.bin``/``PREFIX.idx``; item ``i`` is sequence ``i`` as a numpy array."""
+    """Read-only access to ``PREFIX.bin``/``PREFIX.idx``; item ``i`` is sequence ``i`` as a numpy array.
 
-    def __init__(self, path_prefix: str) -> None:
+    Opening checks the index against itself and against the ``.bin``'s size
+    (:func:`megatron.data.integrity.structure_problems`: vectorised over the index, the tokens are not read)
+    and raises a :class:`ConfigError` naming the file; ``check=False`` skips that, for callers that list
+    the problems themselves or reopen a pair already checked.
+    """
+
+    def __init__(self, path_prefix: str, check: bool = True) -> None:
         self.path_prefix = path_prefix
         self._index = _Index(index_file_path(path_prefix))
         bin_path = data_file_path(path_prefix)
         itemsize = np.dtype(self._index.dtype).itemsize
-        needed = int(self._index.pointers[-1]) + int(self._index.sizes[-1]) * itemsize if len(self) else 0
         try:
             bin_size = os.path.getsize(bin_path)
         except OSError as exc:
@@ -131,11 +138,11 @@ class MMapIndexedDataset:
                 f"data file {bin_path!r} cannot be read ({exc.strerror}); it must sit next to "
                 f"{index_file_path(path_prefix)!r}: re-run tools/preprocess_data.py."
             ) from exc
-        if bin_size < needed:
-            raise ConfigError(
-                f"data file {bin_path!r} is truncated: {bin_size} bytes, its index needs {needed}; re-run "
-                "tools/preprocess_data.py (an interrupted run or copy leaves such files)."
-            )
+        self.bin_size = bin_size
+        if check:
+            problems = self.structure_problems()
+            if problems:
+                raise ConfigError(problems[0])
         # An empty file cannot be memory-mapped; an empty corpus is still a valid dataset.
         count = bin_size // itemsize
         self._bin = (
@@ -144,12 +151,25 @@ class MMapIndexedDataset:
             else np.empty(0, self._index.dtype)
         )
 
+    def structure_problems(self) -> list[str]:
+        """What is inconsistent between the index and the ``.bin`` (empty when the pair is sound)."""
+        index = self._index
+        return integrity.structure_problems(
+            index_file_path(self.path_prefix),
+            data_file_path(self.path_prefix),
+            index.sizes,
+            index.pointers,
+            index.doc_idx,
+            np.dtype(index.dtype).itemsize,
+            self.bin_size,
+        )
+
     def __getstate__(self) -> str:
         # DataLoader workers started with spawn pickle the dataset: send the path, not the mapped tokens.
         return self.path_prefix
 
     def __setstate__(self, path_prefix: str) -> None:
-        self.__init__(path_prefix)
+        self.__init__(path_prefix, check=False)  # checked when the parent process opened it
 
     def __len__(self) -> int:
         return len(self._index.sizes)
@@ -182,6 +202,16 @@ class MMapIndexedDataset:
     @property
     def dtype(self) -> type[np.number]:
         return self._index.dtype
+
+    @property
+    def pointers(self) -> np.ndarray:
+        """Byte offset of each sequence in the ``.bin``."""
+        return self._index.pointers
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """Every token of the ``.bin`` in file order (a memory map; reading it reads the file)."""
+        return self._bin
 
 
 class MMapIndexedDatasetBuilder:

@@ -195,6 +195,9 @@ def test_truncated_index(tmp_path: Path) -> None:
     Path(prefix + ".idx").write_bytes(raw[:20])
     with pytest.raises(ConfigError, match="does not start with"):
         MMapIndexedDataset(prefix)
+    Path(prefix + ".idx").write_bytes(raw + bytes(8))
+    with pytest.raises(ConfigError, match=r"\.idx.* is longer than its header says"):
+        MMapIndexedDataset(prefix)
 
 
 def test_truncated_data(tmp_path: Path) -> None:
