@@ -93,7 +93,10 @@ class NonFiniteMonitor:
         self.min_scale = precision.min_loss_scale if precision.fp16 and precision.loss_scale is None else None
         reasons = REASONS
         if self.min_scale is not None:
-            reasons = (*REASONS[:_SKIPPED], f"the update was skipped at --min-loss-scale {self.min_scale:g}")
+            reasons = (
+                *REASONS[:_SKIPPED],
+                f"the update was skipped at --min-loss-scale {self.min_scale:.10g}",
+            )
         self.count = ConsecutiveCount(config.nonfinite.max_consecutive, reasons=reasons)
         self._scale = loss_scale(engine.optimizer)
         self._iterations: list[int] = []
