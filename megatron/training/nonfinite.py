@@ -98,7 +98,8 @@ class NonFiniteMonitor:
                 f"the update was skipped at --min-loss-scale {self.min_scale:.10g}",
             )
         self.count = ConsecutiveCount(config.nonfinite.max_consecutive, reasons=reasons)
-        self._scale = loss_scale(engine.optimizer)
+        # The fp16 loss scale before the coming step (a host float in DeepSpeed's scalers; read only then).
+        self._scale = loss_scale(engine.optimizer) if self.min_scale is not None else None
         self._iterations: list[int] = []
         self._flags: list[torch.Tensor] = []
         if self.enabled and self.min_scale is not None:
@@ -116,8 +117,10 @@ class NonFiniteMonitor:
         """Queue this iteration's verdict on the device (no host sync)."""
         if not self.enabled:
             return
-        scale_before, self._scale = self._scale, loss_scale(self.engine.optimizer)
-        overflow_is_routine = self.min_scale is not None and scale_before > self.min_scale
+        overflow_is_routine = False
+        if self.min_scale is not None:
+            scale_before, self._scale = self._scale, loss_scale(self.engine.optimizer)
+            overflow_is_routine = scale_before > self.min_scale
         loss_bad = ~torch.isfinite(result.loss.detach().float())
         zero = torch.zeros((), dtype=torch.bool, device=self.device)
         grad_bad, skipped = zero, zero
