@@ -26,6 +26,7 @@ from megatron.config.compat import add_compat_flags
 from megatron.config.errors import ConfigError
 from megatron.config.masked_lm import add_masked_lm_flags
 from megatron.config.monitoring import add_logging_flags
+from megatron.config.nonfinite import add_nonfinite_flags
 from megatron.config.offload import add_offload_flags
 from megatron.config.resume import add_checkpoint_flags
 from megatron.config.schema import CompileMode, Fp8Format
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision_flags(parser)
     _add_data_flags(parser)
     add_logging_flags(parser)
+    add_nonfinite_flags(parser)
     add_checkpoint_flags(parser)
     _add_deepspeed_flags(parser)
     add_offload_flags(parser)

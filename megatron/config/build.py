@@ -31,6 +31,7 @@ from megatron.config.masked_lm import (
 )
 from megatron.config.moe import check_moe_tokens, check_moe_zero_stage, moe_config
 from megatron.config.monitoring import logging_config
+from megatron.config.nonfinite import nonfinite_config
 from megatron.config.offload import offload_optimizer
 from megatron.config.recompute import recompute_config
 from megatron.config.resume import checkpoint_config
@@ -157,6 +158,7 @@ def build_config(
         masked_lm=masked_lm,
         fp8=float8_config(args, model, parallel, batch.micro_batch_size, masked_lm, curriculum),
         seed=args.seed,
+        nonfinite=nonfinite_config(args),
     )
 
 

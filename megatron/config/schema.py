@@ -305,6 +305,15 @@ class LoggingConfig:
     log_memory_to_tensorboard: bool = False
 
 
+@dataclass(frozen=True)
+class NonFiniteConfig:
+    """Megatron-LM's --check-for-nan-in-loss-and-grad (``check``) and how many consecutive non-finite
+    iterations it tolerates (``max_consecutive``, 1: stop at the first, as Megatron-LM does)."""
+
+    check: bool = True
+    max_consecutive: int = 1
+
+
 # Whose LR-schedule settings win when a checkpoint's differ from the flags': neither ("match": a difference
 # is an error), the flags' (--override-opt_param-scheduler) or the checkpoint's
 # (--use-checkpoint-opt_param-scheduler).
@@ -397,3 +406,4 @@ class Config:
     masked_lm: MaskedLMConfig | None = None
     fp8: Float8Config | None = None
     seed: int = 1234
+    nonfinite: NonFiniteConfig = NonFiniteConfig()

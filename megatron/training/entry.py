@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from megatron.config.errors import ConfigError
 from megatron.training.distributed import shutdown_distributed
+from megatron.training.nonfinite import EXIT_STATUS as NONFINITE_EXIT_STATUS
+from megatron.training.nonfinite import NonFiniteError
 
 
 def configure_logging() -> None:
@@ -34,5 +36,10 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteError as error:  # one line and status 3; every rank stops at the same check
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {error}", file=sys.stderr)
+        shutdown_distributed()
+        return NONFINITE_EXIT_STATUS
     shutdown_distributed()
     return 0

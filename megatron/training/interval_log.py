@@ -38,7 +38,9 @@ class LogWindow:
         self.excluded_seconds = 0.0
         self.device = device
         self.loss_sum = torch.zeros((), device=device)
-        self.nan_count = torch.zeros((), device=device)
+        self.finite_losses = torch.zeros((), device=device)
+        # Per iteration, whether this rank's loss was NaN or inf (reduced over the ranks at the log).
+        self.nonfinite_loss: list[torch.Tensor] = []
         self.iterations = 0
         self.samples = 0
         self.tokens = 0
@@ -50,7 +52,8 @@ class LogWindow:
     def add(self, result, global_batch: int, tokens: int, seq_length: int | None = None) -> None:
         finite = torch.isfinite(result.loss)
         self.loss_sum += torch.where(finite, result.loss, torch.zeros_like(result.loss))
-        self.nan_count += (~finite).float()
+        self.finite_losses += finite.float()
+        self.nonfinite_loss.append(~finite)
         if result.aux_loss is not None:
             self.aux_loss_sum = result.aux_loss + (0.0 if self.aux_loss_sum is None else self.aux_loss_sum)
         self.iterations += 1
@@ -80,6 +83,15 @@ class LogWindow:
     def _synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def reduced_losses(self) -> tuple[float, int]:
+        """The interval's lm loss, the mean of the finite losses of all ranks and iterations (NaN when none
+        was finite, never 0), and how many iterations had a NaN or inf loss on some rank: one all-reduce."""
+        flags = torch.stack(self.nonfinite_loss).float().reshape(-1)
+        totals = all_reduce_mean(torch.cat([self.loss_sum.reshape(1), self.finite_losses.reshape(1), flags]))
+        loss_sum, finite, *nonfinite = totals.tolist()
+        loss = loss_sum / finite if finite > 0 else float("nan")
+        return loss, sum(1 for flag in nonfinite if flag > 0)
 
     def last_grad_norm(self) -> float | None:
         if self.grad_norm is None:
@@ -111,7 +123,7 @@ class IntervalLogger:
     ) -> None:
         """The Megatron log line and its scalars, then the optional tensorboard scalars and timers."""
         elapsed = window.elapsed()
-        loss = all_reduce_mean(window.loss_sum / window.iterations).item()
+        loss, nan_iterations = window.reduced_losses()
         samples_per_second = window.samples / elapsed
         tokens_per_second = window.tokens / elapsed
         tflops = tokens_per_second * self.flops_per_token / self.world_size / 1e12
@@ -128,7 +140,7 @@ class IntervalLogger:
             "loss scale": loss_scale(self.engine.optimizer),
             "grad norm": grad_norm if grad_norm is not None else float("nan"),
             "number of skipped iterations": f"{window.skipped:3d}",
-            "number of nan iterations": f"{int(window.nan_count.item()):3d}",
+            "number of nan iterations": f"{nan_iterations:3d}",
             "samples per second": samples_per_second,
             "tokens per second": tokens_per_second,
             "TFLOPs per GPU": tflops,
@@ -148,6 +160,7 @@ class IntervalLogger:
                 "tokens per second": tokens_per_second,
                 "TFLOPs per GPU": tflops,
                 "skipped iterations": float(window.skipped),
+                "nan iterations": float(nan_iterations),
             },
             state.iteration,
             state.consumed_train_samples,

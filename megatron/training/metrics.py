@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from typing import Any
 
@@ -88,6 +89,8 @@ def format_log_line(fields: dict[str, Any]) -> str:
     for name, value in fields.items():
         if name == "iteration":
             parts.append(f"iteration {value}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            parts.append(f"{name}: {value}")  # nan and inf as float() reads them back
         elif isinstance(value, float):
             # Every loss (lm, moe, sop, BERT pipeline's "lm + sop loss") in full, as Megatron prints them.
             parts.append(

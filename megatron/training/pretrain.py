@@ -18,6 +18,7 @@ from megatron.training.distributed import DistributedContext, all_reduce_mean, a
 from megatron.training.engine import ModelProvider, build_engine
 from megatron.training.interval_log import IntervalLogger, LogWindow
 from megatron.training.metrics import MetricsWriter
+from megatron.training.nonfinite import NonFiniteError, NonFiniteMonitor, ensure_finite_weights
 from megatron.training.step import Batch, evaluate, pipeline_evaluate
 from megatron.training.throughput import flops_per_token
 from megatron.training.timers import StepTimers
@@ -101,6 +102,7 @@ class Pretraining:
             timers=self.timers,
             flops_per_token=flops_per_token(config.model),
         )
+        self.nonfinite = NonFiniteMonitor(config, self.engine, context.device)
         self.start_time = time.time()
         self.curriculum = SeqLengthCurriculum(config.curriculum) if config.curriculum else None
         self._evaluated = False  # whether this run has evaluated yet (the first one compiles its graphs)
@@ -178,6 +180,14 @@ class Pretraining:
         return max(self.state.iteration, min(target, by_tokens))
 
     def run(self) -> TrainState:
+        """Train to the end; a stop on non-finite values still writes out the scalars logged before it."""
+        try:
+            return self._train()
+        except NonFiniteError:
+            self.metrics.close()
+            raise
+
+    def _train(self) -> TrainState:
         config, state = self.config, self.state
         batch_config = config.batch
         tokens_per_sample = config.model.seq_length
@@ -203,12 +213,14 @@ class Pretraining:
             else:
                 state.skipped_iterations += 1
             window.add(result, global_batch, tokens, seq_length)
+            self.nonfinite.observe(result, state.iteration)
 
             if state.iteration % config.logging.log_interval == 0:
                 target = self._target_iterations()
                 seconds_per_iteration = (time.time() - self.start_time) / (state.iteration - first_iteration)
                 self.interval_log.log(window, state, global_batch, target, seconds_per_iteration)
                 window = LogWindow(self.context.device)
+                self.nonfinite.check(state.iteration)
             evaluate_now = (
                 self.valid_batches is not None and state.iteration % config.logging.eval_interval == 0
             )
@@ -219,23 +231,32 @@ class Pretraining:
                     if evaluate_now:
                         self._evaluate(f"iteration {state.iteration}")
                     if saved:
-                        save_checkpoint(self.engine, config.checkpoint.save, state, self.lr_scheduler, config)
+                        self._save()
             if self._should_exit():
+                self.nonfinite.check(state.iteration)
                 if not saved and config.checkpoint.save:
-                    save_checkpoint(self.engine, config.checkpoint.save, state, self.lr_scheduler, config)
+                    self._save()
                 logger.info(
                     "exiting at iteration %d on --exit-interval / --exit-duration-in-mins", state.iteration
                 )
                 self.metrics.close()
                 return state
+        self.nonfinite.check(state.iteration)
         if self.valid_batches is not None and state.iteration % config.logging.eval_interval != 0:
             self._evaluate(f"the end of training (iteration {state.iteration})")
         if config.checkpoint.save and (
             config.checkpoint.save_interval is None or state.iteration % config.checkpoint.save_interval != 0
         ):
-            save_checkpoint(self.engine, config.checkpoint.save, state, self.lr_scheduler, config)
+            self._save()
         self.metrics.close()
         return state
+
+    def _save(self) -> None:
+        """Every checkpoint goes through here: the iterations since the last check are judged first (a stop
+        saves nothing), and weights holding a NaN or inf are never written."""
+        self.nonfinite.check(self.state.iteration)
+        ensure_finite_weights(self.engine.module, self.context.device, self.state.iteration)
+        save_checkpoint(self.engine, self.config.checkpoint.save, self.state, self.lr_scheduler, self.config)
 
     def _save_due(self) -> bool:
         checkpoint = self.config.checkpoint
@@ -276,7 +297,7 @@ class Pretraining:
             self._evaluated = True
         self.state.consumed_valid_samples += config.logging.eval_iters * config.batch.global_batch_size
         value = loss.item()
-        ppl = math.exp(min(20.0, value))
+        ppl = math.exp(min(20.0, value)) if not math.isnan(value) else value
         logger.info("validation loss at %s | lm loss value: %.6E | lm loss PPL: %.6E |", where, value, ppl)
         state = self.state
         self.metrics.scalars(
