@@ -157,17 +157,14 @@ def check_optimizer_files(folder: str, saved: dict, context: ParallelContext) ->
 
 
 def _damaged(path: str) -> str | None:
-    fix = "Use an earlier checkpoint (write its tag into 'latest'), or add --no-load-optim to load it without"
+    fix = "Use an earlier checkpoint (write its tag into 'latest'), or --no-load-optim to start the optimizer"
     if not os.path.isfile(path):
-        return f"--load: optimizer-state file {path} is missing; the checkpoint is incomplete. {fix} it."
+        return f"--load: optimizer-state file {path} is missing; the checkpoint is incomplete. {fix} afresh."
     try:
         with zipfile.ZipFile(path):
             return None
     except (zipfile.BadZipFile, OSError) as error:
-        return (
-            f"--load: optimizer-state file {path} is truncated or damaged ({error}). {fix} the optimizer "
-            "state."
-        )
+        return f"--load: optimizer-state file {path} is truncated or damaged ({error}). {fix} afresh."
 
 
 def log_changed_settings(saved: dict, config: Config) -> None:

@@ -187,6 +187,13 @@ def guarded_save(save: Callable[[], object], save_dir: str, tag: str, device: to
         raise save_failure(save_dir, tag, failure)
 
 
+def _free_space(folder: str) -> str:
+    try:
+        return f"{disk_usage(folder).free / 1e9:.3g} GB free there"
+    except OSError as error:
+        return f"free space unknown: {_reason(error)}"
+
+
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
@@ -204,8 +211,8 @@ def save_failure(save_dir: str, tag: str, error: BaseException | None) -> Config
         cause = "on another rank (its line is above)"
     elif isinstance(error, OSError) and error.errno:
         cause = f"({_reason(error)}: {error.filename or save_dir})"
-    else:
-        cause = f"({str(error).splitlines()[0]})"
+    else:  # torch's zip writer says no more than "file write failed": the free space tells if it was that
+        cause = f"({str(error).splitlines()[0]}; {_free_space(save_dir)})"
     return ConfigError(
         f"--save {save_dir}: writing {tag} failed {cause}. Fix the folder (space, permissions, mount) or "
         "point --save elsewhere; the previous checkpoint is intact and 'latest' still names it."
