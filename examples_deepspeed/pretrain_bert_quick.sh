@@ -27,7 +27,7 @@ deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT" pretrain_bert.py \
   --data-path "${SENTENCE_DATA_PREFIX}_text_sentence" --split 98,2,0 \
   --tokenizer-type BertWordPieceLowerCase --vocab-file "$BERT_VOCAB" \
   --log-interval 10 --eval-interval 100 --eval-iters 5 \
-  --save checkpoints/bert_quick --save-interval 100 --tensorboard-dir runs/bert_quick \
+  --save checkpoints/bert_quick --overwrite-save --save-interval 100 --tensorboard-dir runs/bert_quick \
   --deepspeed --deepspeed_config "$DS_CONFIG" --zero-stage 1
 
 # To transformers' MegatronBertForPreTraining (and MegatronBertForMaskedLM), with its vocab.txt:

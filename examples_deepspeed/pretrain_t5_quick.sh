@@ -28,5 +28,5 @@ deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT" pretrain_t5.py \
   --data-path "${SENTENCE_DATA_PREFIX}_text_sentence" --split 98,2,0 \
   --tokenizer-type BertWordPieceLowerCase --vocab-file "$BERT_VOCAB" \
   --log-interval 10 --eval-interval 100 --eval-iters 5 \
-  --save checkpoints/t5_quick --save-interval 100 --tensorboard-dir runs/t5_quick \
+  --save checkpoints/t5_quick --overwrite-save --save-interval 100 --tensorboard-dir runs/t5_quick \
   --deepspeed --deepspeed_config "$DS_CONFIG" --zero-stage 1

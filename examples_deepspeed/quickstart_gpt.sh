@@ -25,5 +25,5 @@ deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT" pretrain_gpt.py \
   --data-path "${GPT_DATA_PREFIX}_text_document" --split 98,2,0 \
   --tokenizer-type GPT2BPETokenizer --vocab-file "$GPT_TOKENIZER/vocab.json" --merge-file "$GPT_TOKENIZER/merges.txt" \
   --log-interval 10 --eval-interval 100 --eval-iters 5 \
-  --save checkpoints/quickstart --save-interval 100 --tensorboard-dir runs/quickstart \
+  --save checkpoints/quickstart --overwrite-save --save-interval 100 --tensorboard-dir runs/quickstart \
   --deepspeed --deepspeed_config "$DS_CONFIG" --zero-stage 1

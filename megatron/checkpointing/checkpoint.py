@@ -32,6 +32,14 @@ from megatron.checkpointing.layout import (
     write_atomically,
     zero3_model_states_name,
 )
+from megatron.checkpointing.load_guards import (
+    check_optimizer_files,
+    check_zero3_files,
+    check_zero_layout,
+    latest_tag,
+    log_changed_settings,
+)
+from megatron.checkpointing.save_guards import check_free_space, guarded_save
 from megatron.checkpointing.universal import UNIVERSAL_CHECKPOINT_INFO, universal_checkpoint_info
 from megatron.config.errors import ConfigError
 from megatron.config.schema import Config
@@ -70,7 +78,8 @@ def model_states_path(checkpoint_dir: str, context: ParallelContext, zero_stage:
 
 
 def save_checkpoint(engine, save_dir: str, state: TrainState, lr_scheduler, config: Config) -> None:
-    """Every rank writes its shards; rank 0 moves the trackers once all ranks have finished."""
+    """Every rank writes its shards; rank 0 moves the trackers once all ranks have finished. A disk too full
+    for the checkpoint, or a failed write, stops every rank before the trackers move."""
     client_state = {
         "iteration": state.iteration,
         "consumed_train_samples": state.consumed_train_samples,
@@ -88,7 +97,13 @@ def save_checkpoint(engine, save_dir: str, state: TrainState, lr_scheduler, conf
     if not config.moe.enabled:
         client_state[UNIVERSAL_CHECKPOINT_INFO] = universal_checkpoint_info(client_state["config"])
     tag = checkpoint_tag(state.iteration)
-    engine.save_checkpoint(save_dir, tag=tag, client_state=client_state, save_latest=False)
+    check_free_space(engine, save_dir, tag, config)
+    guarded_save(
+        lambda: engine.save_checkpoint(save_dir, tag=tag, client_state=client_state, save_latest=False),
+        save_dir,
+        tag,
+        engine.device,
+    )
     if dist.is_initialized():
         dist.barrier()
     if not dist.is_initialized() or dist.get_rank() == 0:
@@ -153,32 +168,41 @@ def load_checkpoint(
 ) -> TrainState:
     """Resume from the checkpoint that ``load_dir/latest`` names; without one, start afresh, as Megatron does.
 
-    This rank's file is checked first (present, readable, same model and layout), so a damaged or mismatched
-    checkpoint fails with the file's name instead of deep inside DeepSpeed. With ``--finetune`` only the
+    This rank's file is checked first (present, readable, same model and layout), and the optimizer shards
+    and ZeRO layout (:mod:`megatron.checkpointing.load_guards`), so a damaged or mismatched checkpoint fails
+    with the file's name instead of deep inside DeepSpeed. With ``--finetune`` only the
     weights are taken: counters, optimizer, schedule and RNG start afresh. The LR schedule follows
     ``megatron.config.resume``: its settings by ``scheduler_source``, none of it with --no-load-lr-state;
     --reset-iteration starts the counters from zero.
     """
     options = config.checkpoint
-    latest = os.path.join(load_dir, LATEST_TAG_FILENAME)
-    if not os.path.exists(latest):
+    tag = latest_tag(load_dir)
+    if tag is None:
         logger.warning("no checkpoint found in --load %s (no 'latest' file); starting from scratch", load_dir)
         return TrainState()
-    with open(latest) as handle:
-        tag = handle.read().strip()
+    folder = os.path.join(load_dir, tag)
     universal = bool(config.deepspeed.ds_config.get("checkpoint", {}).get("load_universal", False))
-    path = model_states_path(os.path.join(load_dir, tag), context, config.deepspeed.zero_stage)
+    path = model_states_path(folder, context, config.deepspeed.zero_stage)
     if universal:  # it keeps the source layout's files, so this rank's may not exist; any describes it
-        path = os.path.join(load_dir, tag, model_states_name(0))
+        path = os.path.join(folder, model_states_name(0))
+    else:
+        check_zero3_files(folder, path, config)
     saved = load_file(path)
     check_compatible(saved, path, config, universal)
     # Converted to this layout by tools/checkpoint_util.py: weights, counters and LR schedule only.
     converted = saved.get(CONVERTED_FROM)
     module_only = options.finetune or converted is not None
+    loads_optimizer = not (options.no_load_optim or module_only)
+    if not universal and converted is None:
+        check_zero_layout(saved["config"], folder, config, loads_optimizer)
+        if loads_optimizer:
+            check_optimizer_files(folder, saved["config"], context)
+    if not options.finetune:
+        log_changed_settings(saved["config"], config)
     loaded_path, client_state = engine.load_checkpoint(
         load_dir,
         tag=tag,
-        load_optimizer_states=not (options.no_load_optim or module_only),
+        load_optimizer_states=loads_optimizer,
         load_lr_scheduler_states=False,
         load_module_only=module_only,
     )

@@ -71,6 +71,12 @@ def zero3_model_states_name(data_rank: int, rank: int) -> str:
     return f"zero_pp_rank_{data_rank}_{model_states_name(rank)}"
 
 
+def optim_states_name(data_rank: int, rank: int, bf16_optimizer: bool = False) -> str:
+    """The ZeRO optimizer shard of one data-parallel rank (DeepSpeed's ``bf16_`` prefix: its bf16 optimizer
+    without ZeRO, stage 0 with ``--bf16``)."""
+    return f"{'bf16_' if bf16_optimizer else ''}zero_pp_rank_{data_rank}_mp_rank_{rank:02d}_optim_states.pt"
+
+
 def layer_states_name(layer_index: int, tensor_rank: int) -> str:
     return f"layer_{layer_index:02d}-model_{tensor_rank:02d}-model_states.pt"
 

@@ -215,9 +215,13 @@ def _check_cuda_graph_layout(
 
 def check_machine(config: Config) -> None:
     """The entry points' check of this machine against the config, before any process group starts:
-    kernels for its precision and a process-group backend it can run."""
+    kernels for its precision, a process-group backend it can run, a --save folder it can write to."""
     check_device_precision(config)
     check_distributed_backend(config.parallel.distributed_backend)
+    # Imported here: megatron.checkpointing itself imports this module (vocabulary padding).
+    from megatron.checkpointing.save_guards import check_save_folder
+
+    check_save_folder(config.checkpoint)
 
 
 def check_device_precision(config: Config) -> None:

@@ -218,7 +218,7 @@ def _bf16_autocast(ds: DsConfigFile, half_precision: str | None) -> bool:
     dtype = ds.lookup(f"{AUTOCAST_SECTION}.dtype")[1]
     if dtype is not None and dtype not in _BF16_NAMES:
         raise ConfigError(
-            f"{where}.dtype' is {dtype!r}; autocast is supported in bf16 only (\"bfloat16\"). For fp16 "
+            f'{where}.dtype\' is {dtype!r}; autocast is supported in bf16 only ("bfloat16"). For fp16 '
             "training use --fp16 (DeepSpeed's loss-scaled fp16 optimizer)."
         )
     if half_precision is not None:

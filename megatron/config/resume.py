@@ -33,6 +33,12 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--load", default=None, help="Directory to load a checkpoint from.")
     group.add_argument("--save-interval", type=int, default=None, help="Iterations between checkpoints.")
     group.add_argument(
+        "--overwrite-save",
+        action="store_true",
+        help="Write into a --save folder that already holds checkpoints this run does not --load (those of "
+        "the same iterations are replaced and 'latest' moves to this run's). Without it that is an error.",
+    )
+    group.add_argument(
         "--no-load-optim", action="store_true", help="Do not load optimizer state (nor the LR schedule)."
     )
     group.add_argument(
@@ -85,6 +91,7 @@ def checkpoint_config(args: argparse.Namespace) -> CheckpointConfig:
         save=args.save,
         load=args.load,
         save_interval=args.save_interval,
+        overwrite_save=args.overwrite_save,
         no_load_optim=args.no_load_optim,
         no_load_rng=args.no_load_rng,
         finetune=args.finetune,

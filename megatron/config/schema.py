@@ -323,11 +323,13 @@ SchedulerSource = Literal["match", "flags", "checkpoint"]
 @dataclass(frozen=True)
 class CheckpointConfig:
     """``no_load_lr_state``: the LR schedule starts afresh from the flags. ``reset_iteration``: the iteration
-    and the consumed samples and tokens start from zero (weights, optimizer state and LR schedule load)."""
+    and the consumed samples and tokens start from zero (weights, optimizer state and LR schedule load).
+    ``overwrite_save``: writing into a ``save`` folder that holds checkpoints of another run is deliberate."""
 
     save: str | None = None
     load: str | None = None
     save_interval: int | None = None
+    overwrite_save: bool = False
     no_load_optim: bool = False
     no_load_rng: bool = False
     finetune: bool = False
