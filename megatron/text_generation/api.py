@@ -90,6 +90,8 @@ class Generation:
     logprobs: list[list[float]] | None = None
     # Per prompt: the number of prompt tokens (BOS included), where the continuation starts in ``tokens``.
     prompt_lengths: list[int] = field(default_factory=list)
+    # Per prompt: the generated text alone, decoded as a whole.
+    continuations: list[str] = field(default_factory=list)
 
 
 class TextGenerator(Protocol):
