@@ -8,29 +8,20 @@ import pytest
 import torch
 
 from megatron.config.schema import ModelConfig
-from megatron.data.tokenizer import build_tokenizer
 from megatron.model import GPTModel
 from megatron.model.kv_cache import KVCache
 from megatron.text_generation.api import RequestError, SamplingOptions
 from megatron.text_generation.generator import ModelTextGenerator
 from megatron.text_generation.sampling import decayed_top_p, sample
-from tests.launch import MERGE_FILE, VOCAB_FILE
+from tests.text_generation.conftest import TINY_GPT
 
-GPT = ModelConfig(
-    num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128, seq_length=64,
-    max_position_embeddings=64, padded_vocab_size=8192, attention_dropout=0.0, hidden_dropout=0.0,
-)  # fmt: skip
+GPT = TINY_GPT
 LLAMA = dataclasses.replace(
     GPT, learned_position_embeddings=False, rotary_position_embeddings=True, swiglu=True,
     normalization="rmsnorm", add_bias_linear=False, untie_embeddings_and_output_weights=True,
     num_key_value_heads=2,
 )  # fmt: skip
 PROMPTS = ["In the beginning God created", "And the earth", "Blessed are the meek, for they shall"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer("GPT2BPETokenizer", str(VOCAB_FILE), str(MERGE_FILE), None)
 
 
 def generator_for(config: ModelConfig, tokenizer) -> ModelTextGenerator:
