@@ -7,8 +7,9 @@ a collective (a peer died) may never be. So the handler here does nothing itself
 handler writes each signal's number to a socket (``signal.set_wakeup_fd``) the moment it arrives, and a
 small thread reading that socket does the counting. The first signal only raises a flag for the loop; a
 later one ends the process from that thread, whatever its main thread is doing, with the status a shell
-gives a process killed by that signal (128 + its number). Signals that arrive within :data:`SAME_EVENT_SECONDS` of the first count as that one: a
-terminal's Ctrl-C reaches the worker and the ``deepspeed`` launcher, which forwards SIGTERM a moment later.
+gives a process killed by that signal (128 + its number). Signals that arrive within
+:data:`SAME_EVENT_SECONDS` of the first count as that one: a terminal's Ctrl-C reaches the worker and the
+``deepspeed`` launcher, which forwards SIGTERM a moment later.
 
 Ranks must stop at the same iteration, and a signal can reach them at different moments (or reach one
 rank only): :class:`StopVote` has them agree on it without making the step wait for the device.
