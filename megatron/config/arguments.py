@@ -190,6 +190,14 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--exit-duration-in-mins", type=float, default=None, help="Exit after this many minutes of training."
     )
+    group.add_argument(
+        "--exit-signal-handler",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="On SIGTERM, SIGINT or SIGUSR1 every rank finishes the current iteration, saves a checkpoint "
+        "(with --save) and exits with status 4; a second signal exits at once. On by default (Megatron-LM "
+        "needs the flag); --no-exit-signal-handler keeps each signal's default action.",
+    )
     group.add_argument("--seed", type=int, default=1234, help="Random seed.")
 
 
