@@ -33,7 +33,7 @@ with open(path, "w") as target:
     json.dump(config, target, indent=2)
 PY
 
-deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT" pretrain_gpt.py \
+launch_checked deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT" pretrain_gpt.py \
   --num-layers 4 --hidden-size 256 --num-attention-heads 4 \
   --seq-length "$SEQ_LENGTH" --max-position-embeddings "$SEQ_LENGTH" \
   --micro-batch-size "$MICRO_BATCH" --global-batch-size "$GLOBAL_BATCH" \

@@ -150,5 +150,5 @@ deepspeed_options="${deepspeed_options} \
 fi
 
 # shellcheck disable=SC2086  # the option strings split into words on purpose
-deepspeed --num_gpus "$num_gpus" --master_port "$MASTER_PORT" ${dir}/pretrain_gpt.py ${megatron_options} \
+launch_checked deepspeed --num_gpus "$num_gpus" --master_port "$MASTER_PORT" ${dir}/pretrain_gpt.py ${megatron_options} \
     ${data_options} ${deepspeed_options}

@@ -22,7 +22,7 @@ sed -e "s/\"train_batch_size\": 16/\"train_batch_size\": $GLOBAL_BATCH/" \
     -e "s/\"train_micro_batch_size_per_gpu\": 8/\"train_micro_batch_size_per_gpu\": $MICRO_BATCH/" \
     ds_configs/ds_config_gpt_moe.json > "$DS_CONFIG"
 
-deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT" pretrain_gpt.py \
+launch_checked deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT" pretrain_gpt.py \
   --num-layers 4 --hidden-size 256 --num-attention-heads 4 --seq-length 128 --max-position-embeddings 128 \
   --num-experts "${EXPERTS[@]}" --expert-interval 2 --moe-expert-parallel-size "$EP_SIZE" \
   --topk "${TOPK:-1}" --mlp-type "${MLP_TYPE:-standard}" --moe-train-capacity-factor 1.0 \

@@ -18,7 +18,7 @@ sed -e "s/\"train_batch_size\": 16/\"train_batch_size\": $GLOBAL_BATCH/" \
     -e "s/\"train_micro_batch_size_per_gpu\": 8/\"train_micro_batch_size_per_gpu\": $MICRO_BATCH/" \
     ds_configs/ds_config_gpt.json > "$DS_CONFIG"
 
-deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT" pretrain_t5.py \
+launch_checked deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT" pretrain_t5.py \
   --num-layers 4 --hidden-size 256 --num-attention-heads 4 --kv-channels 64 --ffn-hidden-size 1024 \
   --encoder-seq-length 128 --decoder-seq-length 32 --max-position-embeddings 128 --vocab-extra-ids 100 \
   --micro-batch-size "$MICRO_BATCH" --global-batch-size "$GLOBAL_BATCH" \

@@ -17,7 +17,7 @@ sed -e "s/\"train_batch_size\": 16/\"train_batch_size\": $GLOBAL_BATCH/" \
     -e "s/\"train_micro_batch_size_per_gpu\": 8/\"train_micro_batch_size_per_gpu\": $MICRO_BATCH/" \
     ds_configs/ds_config_gpt.json > "$DS_CONFIG"
 
-deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT" pretrain_gpt.py \
+launch_checked deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT" pretrain_gpt.py \
   --num-layers 4 --hidden-size 256 --num-attention-heads 4 --seq-length 128 --max-position-embeddings 128 \
   --micro-batch-size "$MICRO_BATCH" --global-batch-size "$GLOBAL_BATCH" \
   --train-iters "${TRAIN_ITERS:-200}" --lr 1e-3 --min-lr 1e-4 --lr-decay-style cosine --lr-warmup-iters 20 \

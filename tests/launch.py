@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,17 +100,14 @@ class RunResult:
         return self
 
 
-def run_pretrain(
+def pretrain_command(
     flags: list[str],
     nproc: int = 1,
     launcher: str = "torchrun",
-    timeout: int = 600,
     script: str = "pretrain_gpt.py",
     port: int | None | str = "free",
-) -> RunResult:
-    """``nproc`` processes of ``script`` (``pretrain_gpt.py``, ``pretrain_bert.py``, ``pretrain_t5.py``) on
-    CPU; DeepSpeed picks its CPU accelerator and gloo. ``port``: the rendezvous port, a free one by default;
-    None leaves ``MASTER_PORT`` unset for a single process without a launcher."""
+) -> tuple[list[str], dict]:
+    """The command line and environment that :func:`run_pretrain` runs (arguments as there)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1" if nproc > 1 else "2", "WANDB_MODE": "offline"}
     env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
     script = str(REPO_ROOT / script)
@@ -123,5 +123,74 @@ def run_pretrain(
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
             "--master_port", port, script, *flags,
         ]  # fmt: skip
+    return command, env
+
+
+def run_pretrain(
+    flags: list[str],
+    nproc: int = 1,
+    launcher: str = "torchrun",
+    timeout: int = 600,
+    script: str = "pretrain_gpt.py",
+    port: int | None | str = "free",
+) -> RunResult:
+    """``nproc`` processes of ``script`` (``pretrain_gpt.py``, ``pretrain_bert.py``, ``pretrain_t5.py``) on
+    CPU; DeepSpeed picks its CPU accelerator and gloo. ``port``: the rendezvous port, a free one by default;
+    None leaves ``MASTER_PORT`` unset for a single process without a launcher."""
+    command, env = pretrain_command(flags, nproc, launcher, script, port)
     completed = launch(command, env, timeout)
     return RunResult(completed.returncode, completed.stdout, completed.stderr)
+
+
+class LiveRun:
+    """A command running in its own session (so that a test can signal its whole process group), its
+    output (stdout and stderr together) collected as it comes, for tests that act on a run mid-way."""
+
+    def __init__(self, command: list[str], env: dict):
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> re.Match:
+        """The first match of ``pattern`` in the output; fails when the run ends or times out first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.output)
+            if match:
+                return match
+            if self.process.poll() is not None:
+                self._reader.join(timeout=5)
+                match = re.search(pattern, self.output)
+                assert match, f"ended ({self.process.returncode}) before {pattern!r}:\n{self.output[-5000:]}"
+                return match
+            time.sleep(0.2)
+        raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output[-5000:]}")
+
+    def wait(self, timeout: float = 120) -> RunResult:
+        try:
+            returncode = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            raise AssertionError(f"still running after {timeout} s:\n{self.output[-5000:]}") from None
+        self._reader.join(timeout=5)
+        return RunResult(returncode, self.output, "")
+
+    def kill(self) -> None:
+        """End what is left of the run's process group (after a test, whatever its outcome)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()

@@ -47,7 +47,7 @@ from megatron.checkpointing.megatron_lm import masked_lm_args, write_megatron_lm
 from megatron.config.architecture import model_flags  # noqa: E402
 from megatron.config.build import pad_vocab_size  # noqa: E402
 from megatron.config.errors import ConfigError, flag_dest  # noqa: E402
-from megatron.config.schema import ModelConfig, ParallelConfig  # noqa: E402
+from megatron.config.schema import ParallelConfig  # noqa: E402
 
 logger = logging.getLogger("tools.convert_checkpoint_to_hf")
 
@@ -135,17 +135,11 @@ def _check_args(args: argparse.Namespace) -> None:
                 setattr(args, flag_dest(flag), default)
 
 
-def model_config_of(full: FullModel) -> ModelConfig:
-    """The saved model config; keys this version does not know are left out."""
-    names = {field.name for field in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{key: value for key, value in full.config["model"].items() if key in names})
-
-
 def export(args: argparse.Namespace) -> list[str]:
     from megatron.checkpointing import hf_gpt2, hf_llama  # need transformers
 
     full = read_full_model(args.load_dir, args.tag)
-    model_config = model_config_of(full)
+    model_config = full.model_config()
     data = full.config.get("data", {})
     masked_lm = full.config.get("masked_lm") or {}
     if masked_lm.get("model_type") == "t5" and args.save_dir is not None:

@@ -24,6 +24,7 @@ optimizer files and no RNG state (both are per rank and belong to the source lay
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -34,6 +35,7 @@ import torch
 
 from megatron.checkpointing import reshape
 from megatron.config.errors import ConfigError
+from megatron.config.schema import ModelConfig
 from megatron.model.gpt_pipe import TIED_EMBEDDING
 
 logger = logging.getLogger(__name__)
@@ -206,6 +208,11 @@ class FullModel:
     skipped_iterations: int = 0
     lr_scheduler: dict | None = None
     consumed_train_tokens: int | None = None
+
+    def model_config(self) -> ModelConfig:
+        """The saved model config; keys this version does not know are left out."""
+        names = {field.name for field in dataclasses.fields(ModelConfig)}
+        return ModelConfig(**{key: value for key, value in self.config["model"].items() if key in names})
 
 
 def read_client_state(load_dir: str, tag: str | None = None) -> dict:

@@ -19,6 +19,7 @@ import argparse
 import difflib
 import re
 import sys
+from collections.abc import Callable
 from typing import NoReturn, get_args
 
 from megatron.config.architecture import add_architecture_flags
@@ -72,11 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None = None,
+    add_tool_flags: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
     """Parse ``argv`` (default: ``sys.argv[1:]``). Unknown flags are collected and reported together, each
     with the closest known flag, rather than argparse's bare "unrecognized arguments": most come from
-    Megatron-LM recipes using features this toolkit does not have, and the user needs the full list."""
+    Megatron-LM recipes using features this toolkit does not have, and the user needs the full list.
+    ``add_tool_flags`` adds a tool's own flags to the training flags (the text generation server's)."""
     parser = build_parser()
+    if add_tool_flags is not None:
+        add_tool_flags(parser)
     args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if unknown:
         raise ConfigError(_unknown_flags_message(parser, unknown))
@@ -182,6 +189,14 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--exit-duration-in-mins", type=float, default=None, help="Exit after this many minutes of training."
+    )
+    group.add_argument(
+        "--exit-signal-handler",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="On SIGTERM, SIGINT or SIGUSR1 every rank finishes the current iteration, saves a checkpoint "
+        "(with --save) and exits with status 4; a second signal exits at once. On by default (Megatron-LM "
+        "needs the flag); --no-exit-signal-handler keeps each signal's default action.",
     )
     group.add_argument("--seed", type=int, default=1234, help="Random seed.")
 

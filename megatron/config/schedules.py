@@ -28,6 +28,7 @@ def duration_config(args: argparse.Namespace) -> DurationConfig:
         train_tokens=args.train_tokens,
         exit_interval=args.exit_interval,
         exit_duration_in_mins=args.exit_duration_in_mins,
+        exit_signal_handler=args.exit_signal_handler,
     )
 
 

@@ -144,13 +144,15 @@ class BatchConfig:
 @dataclass(frozen=True)
 class DurationConfig:
     """How long to train. Exactly one of ``train_iters`` / ``train_samples`` is set; ``train_tokens``
-    (Megatron-DeepSpeed's --train-tokens) stops the run earlier once that many tokens were consumed."""
+    (Megatron-DeepSpeed's --train-tokens) stops the run earlier once that many tokens were consumed.
+    ``exit_signal_handler``: a signal stops the run with a checkpoint (``megatron.training.exit_signals``)."""
 
     train_iters: int | None = None
     train_samples: int | None = None
     train_tokens: int | None = None
     exit_interval: int | None = None
     exit_duration_in_mins: float | None = None
+    exit_signal_handler: bool = True
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megatron.config.schema import ModelConfig, MoEConfig, RecomputeConfig
+from megatron.model.kv_cache import KVCache
 from megatron.model.transformer import ParallelTransformer
 from megatron.parallel.context import ParallelContext
 from megatron.parallel.cross_entropy import vocab_parallel_cross_entropy
@@ -152,8 +153,10 @@ class TransformerLanguageModel(nn.Module):
         if config.untie_embeddings_and_output_weights:
             self.output_layer = OutputLayer(config, context, seed)
 
-    def forward(self, tokens: torch.Tensor, position_offset: int = 0) -> torch.Tensor:
-        return self.encoder(self.embedding(tokens, position_offset))
+    def forward(
+        self, tokens: torch.Tensor, position_offset: int = 0, kv_cache: KVCache | None = None
+    ) -> torch.Tensor:
+        return self.encoder(self.embedding(tokens, position_offset), kv_cache=kv_cache)
 
 
 class GPTModel(nn.Module):
@@ -204,8 +207,15 @@ class GPTModel(nn.Module):
         labels: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
         position_offset: int = 0,
+        kv_cache: KVCache | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.language_model(tokens, position_offset)
+        """``kv_cache`` (inference): ``tokens`` are the next ones after those cached, which sets their
+        positions; the cache then holds them too."""
+        if kv_cache is not None:
+            position_offset = kv_cache.length
+        hidden = self.language_model(tokens, position_offset, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(tokens.shape[1])
         if labels is None:
             logits = parallel_lm_logits(hidden, self.output_weight, self.context)
             return gather_from_tensor_parallel_region(logits, self.context.tensor_group)

@@ -18,6 +18,7 @@ from deepspeed.sequence.layer import DistributedAttention
 from torch import nn
 
 from megatron.config.schema import ModelConfig, MoEConfig, RecomputeConfig
+from megatron.model.kv_cache import KVCache, LayerKVCache, cached_attention
 from megatron.model.mlp import mlp_class, output_layer_std
 from megatron.model.moe import MoEMLP, expert_parallel_rank, moe_losses
 from megatron.model.norm import build_norm
@@ -134,14 +135,26 @@ class SelfAttention(nn.Module):
             return run_in_rank_stream(attend)
         return attend()
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: LayerKVCache | None = None,
+    ) -> torch.Tensor:
+        """``kv_cache`` (incremental decoding): ``hidden`` holds the new tokens only, which attend to the
+        cached ones and are added to the cache."""
         mixed = self.query_key_value(hidden)
         batch, seq = mixed.shape[:2]
         grouped = mixed.view(batch, seq, self.local_kv_heads, self.groups + 2, self.head_dim)
         query = grouped[:, :, :, : self.groups].reshape(batch, seq, self.local_heads, self.head_dim)
         key, value = grouped[:, :, :, self.groups], grouped[:, :, :, self.groups + 1]
+        offset = kv_cache.offset if kv_cache is not None else 0
         if self.rotary is not None:
-            query, key = self.rotary(query, key)
+            query, key = self.rotary(query, key, offset)
+        if kv_cache is not None:
+            key, value = kv_cache.extend(key, value)
+            context = cached_attention(query, key, value, offset)
+            return self.dense(context.reshape(batch, seq, -1))
         core = self.core_attention
         if attention_mask is not None:
             core = partial(core, attention_mask=attention_mask)
@@ -183,13 +196,23 @@ class ParallelTransformerLayer(nn.Module):
             self.mlp = mlp(config, context, generator)
         self.hidden_dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: LayerKVCache | None = None,
+    ) -> torch.Tensor:
         if self.recompute_layer and torch.is_grad_enabled():
             return recompute(partial(self._forward, attention_mask=attention_mask), hidden)
-        return self._forward(hidden, attention_mask)
+        return self._forward(hidden, attention_mask, kv_cache)
 
-    def _forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        attention = self.self_attention(self.input_layernorm(hidden), attention_mask)
+    def _forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: LayerKVCache | None = None,
+    ) -> torch.Tensor:
+        attention = self.self_attention(self.input_layernorm(hidden), attention_mask, kv_cache)
         hidden = hidden + self.hidden_dropout(attention)
         return hidden + self.hidden_dropout(self.mlp(self.post_attention_layernorm(hidden)))
 
@@ -239,9 +262,19 @@ class ParallelTransformer(nn.Module):
         self.sequence_parallel = context.sequence_parallel
         self.hidden_dropout = config.hidden_dropout
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
         """``attention_mask``: for bidirectional layers (``causal`` False), True where a query may attend to
-        a key, broadcastable to ``[batch, heads, queries, keys]``; None attends everywhere."""
+        a key, broadcastable to ``[batch, heads, queries, keys]``; None attends everywhere. ``kv_cache``:
+        incremental decoding (inference only), one layer cache per layer."""
+        if kv_cache is not None:
+            for layer, layer_cache in zip(self.layers, kv_cache.layers, strict=True):
+                hidden = layer(hidden, kv_cache=layer_cache)
+            return self.final_layernorm(hidden)
         # Under sequence parallelism dropout on this rank's part of the sequence must differ from the others'.
         with tensor_parallel_rng(active=self.sequence_parallel and self.training and self.hidden_dropout > 0):
             return self.final_layernorm(self._layers(hidden, attention_mask))

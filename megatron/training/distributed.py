@@ -88,8 +88,7 @@ def announce_op_build(accelerator) -> None:
     build_directory = cpp_extension._get_build_directory(builder.name, verbose=False)
     if not os.path.exists(os.path.join(build_directory, f"{builder.name}.so")):
         logger.info(
-            "DeepSpeed is compiling its CPU communication op (%s, into %s): once per machine, about a "
-            "minute",
+            "DeepSpeed is compiling its CPU communication op (%s, into %s): once per machine, about a minute",
             builder.name,
             build_directory,
         )

@@ -9,14 +9,21 @@ from collections.abc import Callable
 
 from megatron.config.errors import ConfigError
 from megatron.training.distributed import shutdown_distributed
+from megatron.training.exit_signals import EXIT_STATUS as INTERRUPTED_EXIT_STATUS
+from megatron.training.exit_signals import TrainingInterrupted
+from megatron.training.launcher_watch import watch_launchers
 from megatron.training.nonfinite import EXIT_STATUS as NONFINITE_EXIT_STATUS
 from megatron.training.nonfinite import NonFiniteError
+
+# Where rank 0 writes its exit status, when set: DeepSpeed's runner exits 0 for a launch killed by a
+# signal, so the example scripts check this file instead (examples_deepspeed/launch_checked.sh).
+EXIT_STATUS_FILE_VARIABLE = "MEGATRON_EXIT_STATUS_FILE"
 
 
 def configure_logging() -> None:
     """Rank 0 logs the toolkit's progress; other ranks only warnings, so a 64-rank job prints one log line
     per interval. Other libraries log warnings only (not the compiler commands of DeepSpeed's op checks)."""
-    rank = int(os.environ.get("RANK", "0"))
+    rank = _rank()
     logging.basicConfig(
         level=logging.WARNING,
         format="[%(asctime)s] %(message)s",
@@ -28,18 +35,42 @@ def configure_logging() -> None:
 
 
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
-    """Run ``main`` and turn a :class:`ConfigError` into one readable line and exit status 2, no traceback."""
+    """Run ``main``; a :class:`ConfigError` becomes one readable line and exit status 2, a non-finite stop
+    status 3, a stop on a signal status 4 (no traceback for any). Training processes under a launcher
+    stop when it dies (``launcher_watch``). Rank 0 writes the status to ``$MEGATRON_EXIT_STATUS_FILE``
+    when that is set, for the example scripts' ``launch_checked``."""
     configure_logging()
+    watch_launchers()
+    status = _run(main, argv)
+    status_file = os.environ.get(EXIT_STATUS_FILE_VARIABLE)
+    if status_file and _rank() == 0:
+        with open(status_file, "w") as file:
+            file.write(f"{status}\n")
+    return status
+
+
+def _run(main: Callable[[list[str] | None], object], argv: list[str] | None) -> int:
     try:
         main(argv)
     except ConfigError as error:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: {error}", file=sys.stderr)
+        _print_on_rank0(f"error: {error}")
         return 2
     except NonFiniteError as error:  # one line and status 3; every rank stops at the same check
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: {error}", file=sys.stderr)
+        _print_on_rank0(f"error: {error}")
         shutdown_distributed()
         return NONFINITE_EXIT_STATUS
+    except TrainingInterrupted as error:  # every rank stops after the same iteration
+        _print_on_rank0(str(error))
+        shutdown_distributed()
+        return INTERRUPTED_EXIT_STATUS
     shutdown_distributed()
     return 0
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _print_on_rank0(message: str) -> None:
+    if _rank() == 0:
+        print(message, file=sys.stderr)

@@ -69,9 +69,7 @@ def _split_datasets(config: Config, num_samples: tuple[int, int, int], factory) 
     """The train/valid/test datasets of the sentence-split corpus, each built by ``factory(name, indexed,
     documents, samples)``."""
     data = config.data
-    return tuple(
-        build_split_datasets(data.data_path, data.split, num_samples, factory, data.data_cache_path)
-    )
+    return tuple(build_split_datasets(data.data_path, data.split, num_samples, factory, data.data_cache_path))
 
 
 def _on_device(sample: dict, device: torch.device, *keys: str) -> list[torch.Tensor]:

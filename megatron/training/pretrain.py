@@ -16,6 +16,7 @@ from megatron.training.curriculum import SeqLengthCurriculum
 from megatron.training.data_provider import DataProvider, GPTData
 from megatron.training.distributed import DistributedContext, all_reduce_mean, any_rank
 from megatron.training.engine import ModelProvider, build_engine
+from megatron.training.exit_signals import ExitSignals, StopVote, TrainingInterrupted
 from megatron.training.interval_log import IntervalLogger, LogWindow
 from megatron.training.metrics import MetricsWriter
 from megatron.training.nonfinite import NonFiniteError, NonFiniteMonitor, ensure_finite_weights
@@ -180,19 +181,22 @@ class Pretraining:
         return max(self.state.iteration, min(target, by_tokens))
 
     def run(self) -> TrainState:
-        """Train to the end; a stop on non-finite values still writes out the scalars logged before it."""
+        """Train to the end; a stop on non-finite values still writes out the scalars logged before it. A
+        signal stops it with a checkpoint, raising :class:`TrainingInterrupted` (``exit_signals``)."""
         try:
-            return self._train()
+            with ExitSignals(self.config.duration.exit_signal_handler) as signals:
+                return self._train(signals)
         except NonFiniteError:
             self.metrics.close()
             raise
 
-    def _train(self) -> TrainState:
+    def _train(self, signals: ExitSignals) -> TrainState:
         config, state = self.config, self.state
         batch_config = config.batch
         tokens_per_sample = config.model.seq_length
         first_iteration = state.iteration
         window = LogWindow(self.context.device)
+        stop_vote = StopVote(self.context.device)
         while not self._finished():
             global_batch = global_batch_size_at(batch_config, state.consumed_train_samples)
             if global_batch != self.engine.train_batch_size():
@@ -232,6 +236,9 @@ class Pretraining:
                         self._evaluate(f"iteration {state.iteration}")
                     if saved:
                         self._save()
+            stop_signal = stop_vote.cast(signals.received)
+            if stop_signal is not None:
+                self._stop_on_signal(stop_signal, saved)
             if self._should_exit():
                 self.nonfinite.check(state.iteration)
                 if not saved and config.checkpoint.save:
@@ -250,6 +257,21 @@ class Pretraining:
             self._save()
         self.metrics.close()
         return state
+
+    def _stop_on_signal(self, name: str, saved: bool) -> None:
+        """Every rank gets here after the same iteration: judge it, save (unless this iteration's interval
+        save just did) and raise :class:`TrainingInterrupted`."""
+        iteration, save_dir = self.state.iteration, self.config.checkpoint.save
+        self.nonfinite.check(iteration)
+        if save_dir and not saved:
+            self._save()
+        self.metrics.close()
+        where = (
+            f"checkpoint saved to {save_dir}: resume with --load {save_dir}"
+            if save_dir
+            else "no --save was given, so nothing was saved"
+        )
+        raise TrainingInterrupted(f"stopped on {name} after iteration {iteration}; {where}")
 
     def _save(self) -> None:
         """Every checkpoint goes through here: the iterations since the last check are judged first (a stop

@@ -79,14 +79,13 @@ def test_hf_export_and_import_keep_the_model(trained, tmp_path):
     """Export to LlamaForCausalLM: its logits are our model's; import back at T=2: the same weights."""
     transformers = pytest.importorskip("transformers")
     from megatron.model import GPTModel
-    from tools.convert_checkpoint_to_hf import model_config_of
 
     source, _ = trained
     hf_folder, back = tmp_path / "hf", tmp_path / "back"
     convert_to_hf(["--load-dir", str(source), "--save-dir", str(hf_folder)])
     hf = transformers.LlamaForCausalLM.from_pretrained(hf_folder).eval()
     full = layout.read_full_model(str(source))
-    ours = GPTModel(model_config_of(full)).eval()
+    ours = GPTModel(full.model_config()).eval()
     ours.load_state_dict(full.state_dict)
     tokens = torch.randint(0, hf.config.vocab_size, (2, 16))
     with torch.no_grad():

@@ -1,0 +1,49 @@
+"""Megatron's ``generate_samples_gpt.py`` batch mode: continuations of the prompts of a file, or samples
+from nothing (each starts from the end-of-document token), written to a file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from megatron.text_generation.api import SamplingOptions, TextGenerator
+
+
+def read_prompts(path: str) -> list[str]:
+    """One prompt per non-empty line."""
+    with open(path, encoding="utf-8") as file:
+        return [line.rstrip("\n") for line in file if line.strip()]
+
+
+def batches(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def write_continuations(
+    generator: TextGenerator, prompts: list[str], options: SamplingOptions, batch_size: int, out_path: str
+) -> None:
+    """Megatron's sample-output format: each prompt after ``Context:``, its continuation after
+    ``Megatron-LM:``."""
+    with open(out_path, "w", encoding="utf-8") as out:
+        for batch in batches(prompts, batch_size):
+            result = generator.generate(batch, options)
+            for prompt, continuation in zip(batch, result.continuations, strict=True):
+                out.write(f"\nContext: {prompt}\n\nMegatron-LM: {continuation}\n")
+
+
+def write_unconditional(
+    generator: TextGenerator, num_samples: int, options: SamplingOptions, batch_size: int, out_path: str
+) -> None:
+    """Megatron's ``--genfile`` format: one JSON object per line with the sample's ``text`` and ``length``
+    (tokens generated)."""
+    with open(out_path, "w", encoding="utf-8") as out:
+        remaining = num_samples
+        while remaining > 0:
+            count = min(batch_size, remaining)
+            result = generator.generate([""] * count, options)
+            for tokens, prompt_length, text in zip(
+                result.tokens, result.prompt_lengths, result.continuations, strict=True
+            ):
+                out.write(json.dumps({"text": text, "length": len(tokens) - prompt_length}) + "\n")
+            remaining -= count
