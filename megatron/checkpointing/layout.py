@@ -11,6 +11,7 @@ This is the one module that knows the file names DeepSpeed's engines write for M
         last stage is not saved, DeepSpeed copies it from the first stage on loading; BERT adds its heads,
         L + 3)
     DIR/global_stepN/zero_pp_rank_D_mp_rank_XX_optim_states.pt   ZeRO optimizer shards
+    DIR/global_stepN/layer_M_expert_E_mp_rank_XX_model_states.pt   MoE only: expert E of MoE layer M
 
 Every model-state file loads with ``torch.load(weights_only=True)``: DeepSpeed's keys are plain values and
 tensors, and the client state holds the RNG state as tensors (:mod:`megatron.training.rng`); files written
@@ -28,6 +29,7 @@ import dataclasses
 import logging
 import os
 import pickle
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +83,12 @@ def optim_states_name(data_rank: int, rank: int, bf16_optimizer: bool = False) -
 
 def layer_states_name(layer_index: int, tensor_rank: int) -> str:
     return f"layer_{layer_index:02d}-model_{tensor_rank:02d}-model_states.pt"
+
+
+# DeepSpeed's MoE files (M counts the MoE layers, E is the global expert) hold the experts' weights under
+# their full model names; the module state leaves them out. Tensor rank 0's: MoE runs without tensor
+# parallelism here.
+EXPERT_STATES_NAME = re.compile(r"layer_\d+_expert_\d+_mp_rank_00_model_states\.pt")
 
 
 def has_bert_heads(config: dict) -> bool:
@@ -265,6 +273,16 @@ def read_full_model(load_dir: str, tag: str | None = None) -> FullModel:
         lr_scheduler=client.get("lr_scheduler"),
         consumed_train_tokens=client.get("tokens"),
     )
+
+
+def read_expert_weights(load_dir: str, tag: str | None = None) -> dict[str, torch.Tensor]:
+    """Every expert of a MoE checkpoint, under the model's parameter names; empty without experts."""
+    folder = os.path.join(load_dir, tag or read_latest_tag(load_dir))
+    weights: dict[str, torch.Tensor] = {}
+    for name in sorted(os.listdir(folder)):
+        if EXPERT_STATES_NAME.fullmatch(name):
+            weights.update(load_file(os.path.join(folder, name)))
+    return weights
 
 
 def _read_tensor_rank(

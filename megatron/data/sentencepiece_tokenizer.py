@@ -216,9 +216,7 @@ def build_sentencepiece_tokenizer(
     return GPTSentencePieceTokenizer(tokenizer_model)
 
 
-def train_llama_style(
-    lines: Iterable[str], model_prefix: str, vocab_size: int, threads: int = 1
-) -> str:
+def train_llama_style(lines: Iterable[str], model_prefix: str, vocab_size: int, threads: int = 1) -> str:
     """Train a SentencePiece model with LLaMA's settings (BPE, byte fallback, digits split, text kept as
     written, ``<unk> <s> </s>`` at ids 0 1 2 and no pad) on ``lines``; returns the ``.model`` path. For the
     examples and tests, which cannot download a tokenizer."""

@@ -15,12 +15,14 @@ import logging
 import torch
 
 from megatron.checkpointing import reshape
-from megatron.checkpointing.layout import FullModel, read_full_model
+from megatron.checkpointing.layout import FullModel, read_expert_weights, read_full_model
 from megatron.config.arguments import build_parser
 from megatron.config.build import world_size_from_env
 from megatron.config.errors import ConfigError
+from megatron.config.schema import MoEConfig
 from megatron.data.tokenizer import Tokenizer, build_tokenizer
 from megatron.model import GPTModel
+from megatron.model.moe import MoEMLP
 from megatron.parallel.context import ParallelContext, build_parallel_context
 from megatron.text_generation.generator import ModelTextGenerator
 
@@ -91,14 +93,18 @@ def load_generation_model(
     state = reshape.split_tensor_parallel(
         reshape.repad_vocab(full.state_dict, padded), context.tensor_size, full.config["model"]
     )[context.tensor_rank]
-    model = GPTModel(dataclasses.replace(full.model_config(), padded_vocab_size=padded), context)
+    moe = saved_moe(full)
+    model = GPTModel(dataclasses.replace(full.model_config(), padded_vocab_size=padded), context, moe=moe)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(
             f"the checkpoint's weights do not fit a GPT model (missing {sorted(missing)[:3]}, unexpected "
-            f"{sorted(unexpected)[:3]}): --load a pretrain_gpt.py checkpoint (BERT, T5 and MoE ones do not "
+            f"{sorted(unexpected)[:3]}): --load a pretrain_gpt.py checkpoint (BERT and T5 ones do not "
             "generate here)."
         )
+    for module in model.modules():
+        if isinstance(module, MoEMLP):
+            module.set_deepspeed_parallelism()  # what DeepSpeed's engine would do: the expert groups
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -117,7 +123,28 @@ def read_generation_checkpoint(args: argparse.Namespace) -> tuple[FullModel, Tok
     full = read_full_model(args.load)
     check_shape_flags(args, full)
     reshape.check_target_layout(full.config["model"], tensor_size, 1)
+    if saved_moe(full).enabled:
+        if tensor_size > 1:
+            raise ConfigError(
+                f"--tensor-model-parallel-size {tensor_size}: the checkpoint in --load {args.load} has MoE "
+                "layers, which run without tensor parallelism here. Generate with one process."
+            )
+        full.state_dict.update(read_expert_weights(args.load))
     return full, generation_tokenizer(args, full)
+
+
+def saved_moe(full: FullModel) -> MoEConfig:
+    """The checkpoint's MoE layers, all experts on this rank (expert-parallel size 1), dropping no token:
+    capacity limits balance training batches, while a generated token must reach its experts whatever
+    the batch (and one decoding step of a few tokens is below DeepSpeed's minimum capacity, which it
+    asserts)."""
+    saved = dict(full.config.get("moe") or {})
+    if not saved:
+        return MoEConfig()
+    saved["experts_per_layer"] = tuple(saved.get("experts_per_layer", ()))
+    return dataclasses.replace(
+        MoEConfig(**saved), expert_parallel_size=1, token_dropping=False, min_capacity=0
+    )
 
 
 def build_text_generator(

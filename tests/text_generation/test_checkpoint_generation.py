@@ -1,6 +1,6 @@
-"""Generation from a checkpoint that pretrain_gpt.py wrote: a model trained on verses of the bundled corpus
-continues them, and the server under torchrun with tensor parallelism 2, on a T=2 x P=2 conversion of the
-checkpoint, answers what one process answers from the original."""
+"""Generation from checkpoints that pretrain_gpt.py wrote: a model trained on verses of the bundled corpus
+continues them; the server under torchrun with tensor parallelism 2, on a T=2 x P=2 conversion of the
+checkpoint, answers what one process answers from the original; a MoE checkpoint generates."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tests.launch import (
     LiveRun,
     pretrain_command,
     run_pretrain,
+    tiny_model_flags,
     write_ds_config,
 )
 
@@ -116,3 +117,28 @@ def test_tensor_parallel_server_answers_what_one_process_does(memorized, tmp_pat
     for got, want in ((answer, expected), (score, scored)):
         for row, reference_row in zip(got["logprobs"], want.logprobs, strict=True):
             torch.testing.assert_close(torch.tensor(row), torch.tensor(reference_row), atol=1e-5, rtol=1e-5)
+
+
+def test_a_moe_checkpoint_generates_with_every_expert(gpt_data_prefix, tmp_path, single_process_group):
+    """DeepSpeed stores each expert in a file of its own; generation loads them all and routes every token
+    (no capacity drop), so greedy decoding through the cache is the argmax of full forwards."""
+    save = tmp_path / "moe"
+    flags = tiny_model_flags(gpt_data_prefix, train_iters=3) + [
+        "--num-experts", "2", "--expert-interval", "1", "--save", str(save),
+        "--deepspeed_config", str(write_ds_config(tmp_path / "ds.json", 0)),
+    ]  # fmt: skip
+    run_pretrain(flags, launcher="python").check()
+    args = parse_args(["--load", str(save)])
+    full, tokenizer = read_generation_checkpoint(args)
+    experts = {name: tensor for name, tensor in full.state_dict.items() if ".deepspeed_experts." in name}
+    assert len(experts) == 2 * 2 * 4  # layers x experts x (two weights, two biases)
+    generator = build_text_generator(args, full, tokenizer, torch.device("cpu"))
+    loaded = generator.model.state_dict()
+    for name, tensor in experts.items():
+        torch.testing.assert_close(loaded[name], tensor, atol=0, rtol=0)
+    result = generator.generate(PROMPTS[:1], SamplingOptions(tokens_to_generate=6, top_k=1))
+    tokens, start = result.tokens[0], result.prompt_lengths[0]
+    with torch.no_grad():
+        for position in range(start, len(tokens)):
+            logits = generator.model(torch.tensor([tokens[:position]]))[0, -1, : tokenizer.vocab_size]
+            assert tokens[position] == int(logits.argmax())

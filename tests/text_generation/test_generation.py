@@ -89,11 +89,11 @@ def test_a_batch_gives_what_each_prompt_gives_alone(config, tokenizer):
 
 def test_seeded_sampling_repeats_and_seeds_differ(tokenizer):
     generator = generator_for(GPT, tokenizer)
-    draw = lambda seed: (
-        generator.generate(  # noqa: E731
-            PROMPTS, SamplingOptions(tokens_to_generate=8, top_p=0.9, random_seed=seed)
-        ).tokens
-    )
+
+    def draw(seed: int) -> list[list[int]]:
+        options = SamplingOptions(tokens_to_generate=8, top_p=0.9, random_seed=seed)
+        return generator.generate(PROMPTS, options).tokens
+
     assert draw(11) == draw(11)
     assert draw(11) != draw(12)
 
