@@ -46,6 +46,14 @@ def tiny_model_flags(
     ]  # fmt: skip
 
 
+# Megatron-DeepSpeed's LLaMA recipe flags, on the tiny model (4 heads sharing 2 key/value heads).
+LLAMA_FLAGS = [
+    "--use-rotary-position-embeddings", "--no-position-embedding", "--swiglu", "--normalization", "rmsnorm",
+    "--disable-bias-linear", "--untie-embeddings-and-output-weights", "--num-key-value-heads", "2",
+    "--no-query-key-layer-scaling",
+]  # fmt: skip
+
+
 def write_ds_config(path: Path, zero_stage: int, **extra) -> Path:
     config = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": zero_stage}, **extra}
     path.write_text(json.dumps(config))

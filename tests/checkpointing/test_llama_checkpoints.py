@@ -10,16 +10,9 @@ import torch
 
 from megatron.checkpointing import layout, universal
 from megatron.config.errors import ConfigError
-from tests.launch import run_pretrain, tiny_model_flags, write_ds_config
+from tests.launch import LLAMA_FLAGS, run_pretrain, tiny_model_flags, write_ds_config
 from tools.checkpoint_util import main as checkpoint_util
 from tools.convert_checkpoint_to_hf import main as convert_to_hf
-
-# Megatron-DeepSpeed's LLaMA recipe flags, on the tiny model (4 heads sharing 2 key/value heads).
-LLAMA_FLAGS = [
-    "--use-rotary-position-embeddings", "--no-position-embedding", "--swiglu", "--normalization", "rmsnorm",
-    "--disable-bias-linear", "--untie-embeddings-and-output-weights", "--num-key-value-heads", "2",
-    "--no-query-key-layer-scaling",
-]  # fmt: skip
 
 
 def llama_flags(data_prefix: str, tmp_path, iterations: int = 4) -> list[str]:

@@ -18,6 +18,7 @@ from megatron.text_generation.loading import build_text_generator, read_generati
 from megatron.training.distributed import free_port
 from tests.launch import (
     GPT2_TOKENIZER_FLAGS,
+    LLAMA_FLAGS,
     REPO_ROOT,
     LiveRun,
     pretrain_command,
@@ -86,15 +87,29 @@ def test_a_trained_model_continues_its_text(memorized, tmp_path):
     assert "Megatron-LM:  and void; and darkness was upon the face of the deep." in samples
 
 
-def test_tensor_parallel_server_answers_what_one_process_does(memorized, tmp_path):
+@pytest.fixture(scope="module")
+def llama_checkpoint(gpt_data_prefix, tmp_path_factory: pytest.TempPathFactory):
+    """A LLaMA-style model (rotary, SwiGLU, RMSNorm, no biases, untied, 4 heads sharing 2 key/value
+    heads) after 3 iterations."""
+    folder = tmp_path_factory.mktemp("llama")
+    flags = tiny_model_flags(gpt_data_prefix, train_iters=3) + LLAMA_FLAGS + [
+        "--save", str(folder / "ckpt"), "--deepspeed_config", str(write_ds_config(folder / "ds.json", 0)),
+    ]  # fmt: skip
+    run_pretrain(flags, launcher="python").check()
+    return folder / "ckpt"
+
+
+@pytest.mark.parametrize("checkpoint", ["memorized", "llama_checkpoint"])
+def test_tensor_parallel_server_answers_what_one_process_does(checkpoint, request, tmp_path):
     from tools.checkpoint_util import main as convert
 
+    source = request.getfixturevalue(checkpoint)
     converted = tmp_path / "t2p2"
     convert(
-        ["--load-dir", str(memorized), "--save-dir", str(converted),
+        ["--load-dir", str(source), "--save-dir", str(converted),
          "--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size", "2"]
     )  # fmt: skip
-    args = parse_args(["--load", str(memorized)])
+    args = parse_args(["--load", str(source)])
     full, tokenizer = read_generation_checkpoint(args)
     reference = build_text_generator(args, full, tokenizer, torch.device("cpu"))
     expected = reference.generate(
