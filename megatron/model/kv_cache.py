@@ -13,16 +13,25 @@ import torch
 import torch.nn.functional as F
 
 
+class CachedLength:
+    """The number of cached positions, shared by a cache and its layers. A holder of its own rather than a
+    reference from each layer back to the :class:`KVCache`: such a cycle would keep a finished batch's
+    cache allocated until Python's cycle collector happens to run."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
 class LayerKVCache:
     """One attention layer's cached keys and values."""
 
-    def __init__(self, cache: KVCache, keys: torch.Tensor, values: torch.Tensor):
-        self._cache = cache
+    def __init__(self, length: CachedLength, keys: torch.Tensor, values: torch.Tensor):
+        self._length = length
         self.keys, self.values = keys, values
 
     @property
     def offset(self) -> int:
-        return self._cache.length
+        return self._length.value
 
     def extend(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new tokens' ``key``/``value`` (``[batch, new, kv heads, head dim]``) after the cached
@@ -49,19 +58,23 @@ class KVCache:
         device: torch.device,
     ):
         shape = (batch, max_length, kv_heads, head_dim)
-        self.length = 0
+        self._length = CachedLength()
         self.max_length = max_length
         self.layers = [
             LayerKVCache(
-                self,
+                self._length,
                 torch.empty(shape, dtype=dtype, device=device),
                 torch.empty(shape, dtype=dtype, device=device),
             )
             for _ in range(num_layers)
         ]
 
+    @property
+    def length(self) -> int:
+        return self._length.value
+
     def advance(self, tokens: int) -> None:
-        self.length += tokens
+        self._length.value += tokens
 
 
 def cached_attention(

@@ -21,6 +21,9 @@ from megatron.model.kv_cache import KVCache
 from megatron.text_generation.api import SamplingOptions
 from megatron.text_generation.sampling import decayed_top_p, sample
 
+# How often the decoding loop checks whether every row has ended (see the loop).
+END_CHECK_STEPS = 8
+
 
 @dataclass(frozen=True)
 class StopRules:
@@ -78,7 +81,7 @@ def generate_tokens(
     if options.random_seed is not None:
         generator = torch.Generator(device=device).manual_seed(options.random_seed)
 
-    start = int(lengths.min())
+    start, longest_prompt = int(lengths.min()), int(lengths.max())
     logits = model(tokens[:, :start], kv_cache=cache)
     if logprobs is not None and start > 1:
         logprobs[:, : start - 1] = _token_logprobs(logits[:, :-1], tokens[:, 1:start])
@@ -86,10 +89,11 @@ def generate_tokens(
     ended = lengths >= limits
     end_at = limits.clone()
     for position in range(start, total):
-        step = last.float()
+        step = last.to(torch.float32, copy=True)  # sampling masks it; the log-probabilities need it whole
         step[:, vocab_size:] = float("-inf")
         if options.prevent_newline_after_colon:
-            step[stop.colon[tokens[:, position - 1]].nonzero(), stop.newline.nonzero().T] = float("-inf")
+            after_colon = stop.colon[tokens[:, position - 1]]
+            step[:, :vocab_size].masked_fill_(after_colon[:, None] & stop.newline[None, :], float("-inf"))
         top_p = decayed_top_p(options.top_p, options.top_p_decay, options.top_p_bound, position - start)
         sampled = sample(step, options.greedy, options.temperature, options.top_k, top_p, generator)
         if tensor_size > 1:
@@ -111,9 +115,12 @@ def generate_tokens(
             stopping |= generating & _ends_with_stop_string(tokens, lengths, position, options, stop)
         end_at = torch.where(stopping, position + 1, end_at)
         ended |= stopping
-        # Rows still inside their prompt go on only for the log-probabilities of their prompt tokens.
-        if bool(ended.all()) and (logprobs is None or position + 1 >= int(lengths.max())):
-            break
+        # Reading ``ended`` waits for the device, so it is read every few steps only: meanwhile the host
+        # queues the next steps' kernels. Steps past the end of every row only write padding. Rows still
+        # inside their prompt go on only for the log-probabilities of their prompt tokens.
+        if (position - start) % END_CHECK_STEPS == END_CHECK_STEPS - 1 or options.stop_strings:
+            if bool(ended.all()) and (logprobs is None or position + 1 >= longest_prompt):
+                break
         last = model(tokens[:, position : position + 1], kv_cache=cache)[:, -1]
     ends = end_at.tolist()
     rows = tokens.tolist()

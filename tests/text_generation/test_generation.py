@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import weakref
 
 import pytest
 import torch
@@ -41,6 +43,19 @@ def test_cached_logits_equal_full_forward_logits(config):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_a_dropped_cache_is_freed_at_once():
+    """No reference cycle: a finished batch's cache must not wait for the cycle collector (on a GPU,
+    earlier batches' caches stayed allocated)."""
+    gc.disable()
+    try:
+        cache = KVCache(2, 1, 8, 2, 4, torch.float32, "cpu")
+        keys = weakref.ref(cache.layers[1].keys)
+        del cache
+        assert keys() is None
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("config", [GPT, LLAMA], ids=["gpt", "llama"])
 def test_greedy_output_is_the_argmax_of_full_forwards(config, tokenizer):
     generator = generator_for(config, tokenizer)
@@ -57,8 +72,13 @@ def test_greedy_output_is_the_argmax_of_full_forwards(config, tokenizer):
 
 
 def test_logprobs_are_those_of_a_full_forward(tokenizer):
-    generator = generator_for(GPT, tokenizer)
-    result = generator.generate(PROMPTS, SamplingOptions(tokens_to_generate=4, return_logprobs=True, top_k=1))
+    """Over the whole padded vocabulary, as Megatron-LM reports them: sampling's masks (the padding
+    entries, newlines after a colon) leave them alone."""
+    generator = generator_for(dataclasses.replace(GPT, padded_vocab_size=8320), tokenizer)
+    options = SamplingOptions(
+        tokens_to_generate=4, return_logprobs=True, top_k=1, prevent_newline_after_colon=True
+    )
+    result = generator.generate([*PROMPTS, "Behold:"], options)
     for tokens, logprobs in zip(result.tokens, result.logprobs, strict=True):
         with torch.no_grad():
             logits = generator.model(torch.tensor([tokens]))[0, :-1].float()
