@@ -37,16 +37,22 @@ def configure_logging() -> None:
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
     """Run ``main``; a :class:`ConfigError` becomes one readable line and exit status 2, a non-finite stop
     status 3, a stop on a signal status 4 (no traceback for any). Training processes under a launcher
-    stop when it dies (``launcher_watch``). Rank 0 writes the status to ``$MEGATRON_EXIT_STATUS_FILE``
-    when that is set, for the example scripts' ``launch_checked``."""
+    stop when it dies (``launcher_watch``). Rank 0 records that it runs, then its status, in
+    ``$MEGATRON_EXIT_STATUS_FILE`` when that is set, for the example scripts' ``launch_checked``."""
     configure_logging()
     watch_launchers()
+    _record_status(f"running {os.getpid()}")
     status = _run(main, argv)
+    _record_status(str(status))
+    return status
+
+
+def _record_status(text: str) -> None:
+    """Rank 0's line in ``$MEGATRON_EXIT_STATUS_FILE``: "running PID" while it runs, then its exit status."""
     status_file = os.environ.get(EXIT_STATUS_FILE_VARIABLE)
     if status_file and _rank() == 0:
         with open(status_file, "w") as file:
-            file.write(f"{status}\n")
-    return status
+            file.write(f"{text}\n")
 
 
 def _run(main: Callable[[list[str] | None], object], argv: list[str] | None) -> int:
