@@ -10,13 +10,22 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 
 import psutil
 import pytest
 
 from megatron.training.exit_signals import EXIT_STATUS, ExitSignals
 from megatron.training.launcher_watch import is_launcher
-from tests.launch import REPO_ROOT, LiveRun, pretrain_command, run_pretrain, tiny_model_flags, write_ds_config
+from tests.launch import (
+    REPO_ROOT,
+    LiveRun,
+    RunResult,
+    pretrain_command,
+    run_pretrain,
+    tiny_model_flags,
+    write_ds_config,
+)
 
 ITERATION = r"iteration\s+{}/"
 STOPPED = r"stopped on (\w+) after iteration (\d+); checkpoint saved to"
@@ -29,11 +38,31 @@ def endless_run_flags(data_prefix: str, tmp_path, save) -> list[str]:
     ]  # fmt: skip
 
 
-def start(
-    flags: list[str], nproc: int = 1, launcher: str = "python", wrap: list[str] | None = None
-) -> LiveRun:
+def interrupted_run(
+    flags: list[str],
+    act: Callable[[LiveRun], None],
+    nproc: int = 1,
+    launcher: str = "python",
+    wrap: list[str] | None = None,
+) -> RunResult:
+    """Start a run (``wrap`` is put before its command), ``act`` on it once it has logged iteration 3, and
+    return how it ended; whatever is left of it is killed after."""
     command, env = pretrain_command(flags, nproc, launcher)
-    return LiveRun([*(wrap or []), *command], env)
+    run = LiveRun([*(wrap or []), *command], env)
+    try:
+        run.wait_for(ITERATION.format(3))
+        act(run)
+        return run.wait()
+    finally:
+        run.kill()
+
+
+def stopped_at(result: RunResult, signal_name: str) -> int:
+    """The iteration after which the run says it stopped on ``signal_name``."""
+    match = re.search(STOPPED, result.stdout)
+    assert match, result.stdout[-3000:]
+    assert match.group(1) == signal_name
+    return int(match.group(2))
 
 
 def assert_saved_at(save, iteration: int, ranks: int = 1) -> None:
@@ -43,12 +72,12 @@ def assert_saved_at(save, iteration: int, ranks: int = 1) -> None:
     assert len(shards) == ranks, shards
 
 
-def workers_of(run: LiveRun) -> list[psutil.Process]:
-    """The run's pretrain_gpt.py processes (the launcher's children), once they have started."""
+def processes_of(run: LiveRun, part: str) -> list[psutil.Process]:
+    """The run's processes (below its first one) whose command line holds ``part``."""
     return [
         process
         for process in psutil.Process(run.process.pid).children(recursive=True)
-        if "pretrain_gpt.py" in " ".join(process.cmdline())
+        if part in " ".join(process.cmdline())
     ]
 
 
@@ -134,36 +163,24 @@ def test_launcher_recognition(cmdline, launcher):
 @pytest.mark.slow
 def test_sigterm_saves_and_the_run_resumes_from_it(gpt_data_prefix, tmp_path):
     save = tmp_path / "ckpt"
-    run = start(endless_run_flags(gpt_data_prefix, tmp_path, save))
-    try:
-        run.wait_for(ITERATION.format(3))
-        run.process.send_signal(signal.SIGTERM)
-        result = run.wait()
-    finally:
-        run.kill()
+    flags = endless_run_flags(gpt_data_prefix, tmp_path, save)
+    result = interrupted_run(flags, lambda run: run.process.send_signal(signal.SIGTERM))
     assert result.returncode == EXIT_STATUS, result.stdout[-3000:]
-    name, stopped_at = re.search(STOPPED, result.stdout).groups()
-    assert name == "SIGTERM"
-    stopped_at = int(stopped_at)
-    assert max(result.losses) == stopped_at
-    assert_saved_at(save, stopped_at)
+    iteration = stopped_at(result, "SIGTERM")
+    assert max(result.losses) == iteration
+    assert_saved_at(save, iteration)
     # What a user runs next: the same command with --load (--exit-interval only ends this test's run).
-    resume_flags = endless_run_flags(gpt_data_prefix, tmp_path, save)
-    resume_flags += ["--load", str(save), "--exit-interval", str(stopped_at + 2)]
-    resumed = run_pretrain(resume_flags, launcher="python").check()
-    assert sorted(resumed.losses) == [stopped_at + 1, stopped_at + 2]
+    resumed = run_pretrain(
+        flags + ["--load", str(save), "--exit-interval", str(iteration + 2)], launcher="python"
+    )
+    assert sorted(resumed.check().losses) == [iteration + 1, iteration + 2]
 
 
 @pytest.mark.slow
 def test_without_the_handler_sigterm_keeps_its_default_action(gpt_data_prefix, tmp_path):
     save = tmp_path / "ckpt"
-    run = start(endless_run_flags(gpt_data_prefix, tmp_path, save) + ["--no-exit-signal-handler"])
-    try:
-        run.wait_for(ITERATION.format(2))
-        run.process.send_signal(signal.SIGTERM)
-        result = run.wait()
-    finally:
-        run.kill()
+    flags = endless_run_flags(gpt_data_prefix, tmp_path, save) + ["--no-exit-signal-handler"]
+    result = interrupted_run(flags, lambda run: run.process.send_signal(signal.SIGTERM))
     assert result.returncode == -signal.SIGTERM
     assert not (save / "latest").exists()
 
@@ -172,18 +189,15 @@ def test_without_the_handler_sigterm_keeps_its_default_action(gpt_data_prefix, t
 def test_sigusr1_to_one_rank_stops_both_after_the_same_iteration(gpt_data_prefix, tmp_path):
     """SLURM's warning signal reaching one rank only: the ranks agree and both save."""
     save = tmp_path / "ckpt"
-    run = start(endless_run_flags(gpt_data_prefix, tmp_path, save), nproc=2, launcher="deepspeed")
-    try:
-        run.wait_for(ITERATION.format(3))
-        rank1 = next(worker for worker in workers_of(run) if "--local_rank=1" in worker.cmdline())
-        rank1.send_signal(signal.SIGUSR1)
-        result = run.wait()
-    finally:
-        run.kill()
+
+    def signal_rank1(run: LiveRun) -> None:
+        processes_of(run, "pretrain_gpt.py --local_rank=1")[0].send_signal(signal.SIGUSR1)
+
+    result = interrupted_run(
+        endless_run_flags(gpt_data_prefix, tmp_path, save), signal_rank1, nproc=2, launcher="deepspeed"
+    )
     assert result.returncode == EXIT_STATUS, result.stdout[-3000:]
-    name, stopped_at = re.search(STOPPED, result.stdout).groups()
-    assert name == "SIGUSR1"
-    assert_saved_at(save, int(stopped_at), ranks=2)
+    assert_saved_at(save, stopped_at(result, "SIGUSR1"), ranks=2)
 
 
 @pytest.mark.slow
@@ -191,18 +205,19 @@ def test_ctrl_c_through_the_launcher_saves(gpt_data_prefix, tmp_path):
     """Ctrl-C reaches the whole process group: the workers directly and through the launcher's SIGTERM,
     counted as one signal."""
     save = tmp_path / "ckpt"
-    run = start(endless_run_flags(gpt_data_prefix, tmp_path, save), nproc=2, launcher="deepspeed")
-    try:
-        run.wait_for(ITERATION.format(3))
-        workers = workers_of(run)
+
+    def ctrl_c(run: LiveRun) -> None:
+        workers = processes_of(run, "pretrain_gpt.py")
         os.killpg(run.process.pid, signal.SIGINT)
         assert_all_gone(workers)
-        result = run.wait()
-    finally:
-        run.kill()
+
+    result = interrupted_run(
+        endless_run_flags(gpt_data_prefix, tmp_path, save), ctrl_c, nproc=2, launcher="deepspeed"
+    )
     assert result.returncode != 0
-    stopped_at = int(re.search(STOPPED, result.stdout).group(2))
-    assert_saved_at(save, stopped_at, ranks=2)
+    match = re.search(STOPPED, result.stdout)
+    assert match, result.stdout[-3000:]
+    assert_saved_at(save, int(match.group(2)), ranks=2)
     assert "exiting now, without saving" not in result.stdout
 
 
@@ -210,19 +225,18 @@ def test_ctrl_c_through_the_launcher_saves(gpt_data_prefix, tmp_path):
 def test_sigterm_to_the_deepspeed_runner_stops_the_workers(gpt_data_prefix, tmp_path):
     """The runner dies alone (it sets no handler); its launch child and the workers would train on."""
     save = tmp_path / "ckpt"
-    run = start(endless_run_flags(gpt_data_prefix, tmp_path, save), nproc=2, launcher="deepspeed")
-    try:
-        run.wait_for(ITERATION.format(3))
-        workers = workers_of(run)
+
+    def terminate_runner(run: LiveRun) -> None:
+        workers = processes_of(run, "pretrain_gpt.py")
         run.process.send_signal(signal.SIGTERM)
         assert run.process.wait(timeout=30) != 0
         assert_all_gone(workers)
-        run.wait()
-    finally:
-        run.kill()
-    assert "has exited: stopping training" in run.output
-    stopped_at = int(re.search(STOPPED, run.output).group(2))
-    assert_saved_at(save, stopped_at, ranks=2)
+
+    result = interrupted_run(
+        endless_run_flags(gpt_data_prefix, tmp_path, save), terminate_runner, nproc=2, launcher="deepspeed"
+    )
+    assert "has exited: stopping training" in result.stdout
+    assert_saved_at(save, stopped_at(result, "SIGTERM"), ranks=2)
 
 
 @pytest.mark.slow
@@ -231,20 +245,15 @@ def test_killed_launch_fails_the_example_scripts_launcher(gpt_data_prefix, tmp_p
     the example scripts' launch_checked returns their status, not the runner's 0."""
     save = tmp_path / "ckpt"
     wrap = ["bash", "-c", 'source examples_deepspeed/launch_checked.sh && launch_checked "$@"', "launch"]
-    run = start(endless_run_flags(gpt_data_prefix, tmp_path, save), nproc=2, launcher="deepspeed", wrap=wrap)
-    try:
-        run.wait_for(ITERATION.format(3))
-        workers = workers_of(run)
-        launch = next(
-            process
-            for process in psutil.Process(run.process.pid).children(recursive=True)
-            if "deepspeed.launcher.launch" in process.cmdline()
-        )
-        launch.kill()
+
+    def kill_launch(run: LiveRun) -> None:
+        workers = processes_of(run, "pretrain_gpt.py")
+        processes_of(run, "deepspeed.launcher.launch")[0].kill()
         assert_all_gone(workers)
-        result = run.wait()
-    finally:
-        run.kill()
+
+    result = interrupted_run(
+        endless_run_flags(gpt_data_prefix, tmp_path, save), kill_launch, nproc=2, launcher="deepspeed",
+        wrap=wrap,
+    )  # fmt: skip
     assert result.returncode == EXIT_STATUS, result.stdout[-3000:]
-    stopped_at = int(re.search(STOPPED, result.stdout).group(2))
-    assert_saved_at(save, stopped_at, ranks=2)
+    assert_saved_at(save, stopped_at(result, "SIGTERM"), ranks=2)
