@@ -53,15 +53,13 @@ def read_lambada(path: str | Path, tokenizer: Tokenizer, strict: bool, seq_lengt
             try:
                 text = json.loads(line)["text"]
             except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(
-                    f'{path} line {number}: not a JSON object with a "text" field ({error})'
-                ) from None
+                raise ValueError(f'line {number}: not a JSON object with a "text" field ({error})') from None
             try:
                 samples.append(lambada_sample(text, tokenizer, strict, seq_length))
             except ValueError as error:
-                raise ValueError(f"{path} line {number}: {error}") from None
+                raise ValueError(f"line {number}: {error}") from None
     if not samples:
-        raise ValueError(f'{path}: no passages (a JSON object with a "text" field a line)')
+        raise ValueError('no passages (a JSON object with a "text" field a line)')
     return samples
 
 

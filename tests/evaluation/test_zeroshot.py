@@ -8,6 +8,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,10 +20,13 @@ transformers = pytest.importorskip("transformers")
 
 from megatron.checkpointing.hf_gpt2 import to_gpt2  # noqa: E402
 from megatron.checkpointing.hf_llama import to_llama  # noqa: E402
+from megatron.config.arguments import parse_args  # noqa: E402
+from megatron.config.errors import ConfigError  # noqa: E402
 from megatron.data.tokenizer import build_tokenizer  # noqa: E402
 from megatron.evaluation.detokenizer import wikitext_detokenizer  # noqa: E402
 from megatron.evaluation.lambada import accuracy, lambada_sample, lambada_split, read_lambada  # noqa: E402
 from megatron.evaluation.scoring import Sample, score_samples  # noqa: E402
+from megatron.evaluation.task import add_task_flags, eval_seq_length, run_zeroshot  # noqa: E402
 from megatron.evaluation.wikitext import (  # noqa: E402
     lm_windows,
     original_word_count,
@@ -28,7 +35,9 @@ from megatron.evaluation.wikitext import (  # noqa: E402
     wikitext_data,
 )
 from megatron.model import GPTModel  # noqa: E402
+from megatron.training.distributed import free_port  # noqa: E402
 from tests.data.corpora import MERGES, VOCAB  # noqa: E402
+from tests.launch import LLAMA_FLAGS, REPO_ROOT, run_pretrain, tiny_model_flags, write_ds_config  # noqa: E402
 from tests.text_generation.conftest import TINY_GPT  # noqa: E402
 
 WIKITEXT = (
@@ -283,3 +292,118 @@ def test_read_wikitext_reads_the_raw_file(tokenizer, tmp_path):
 
 
 # --- tasks/main.py ------------------------------------------------------------------------------------------
+
+
+def test_the_task_names_the_missing_eval_file():
+    args = parse_args(["--task", "LAMBADA", "--load", "ckpt"], add_task_flags)
+    with pytest.raises(ConfigError, match=r"--valid-data \(none\): give the one file of LAMBADA"):
+        run_zeroshot(args)
+
+
+def test_the_task_rejects_a_stride_past_the_window():
+    args = parse_args(
+        ["--task", "WIKITEXT103", "--seq-length", "16", "--overlapping-eval", "32"], add_task_flags
+    )
+    with pytest.raises(ConfigError, match="--overlapping-eval 32: give 1 to the sequence length 16"):
+        eval_seq_length(args, max_positions=64)
+    with pytest.raises(ConfigError, match="--seq-length 128: the model has 64 positions"):
+        eval_seq_length(parse_args(["--task", "LAMBADA", "--seq-length", "128"], add_task_flags), 64)
+    assert eval_seq_length(parse_args(["--task", "LAMBADA"], add_task_flags), 64) == 64
+
+
+RESULT_PATTERN = re.compile(r"validation results on (\w+) \| (.*)")
+
+
+def task_metrics(line: str) -> dict[str, float]:
+    """The metrics of Megatron's result line, by name."""
+    fields = RESULT_PATTERN.search(line).group(2).split("|")
+    return {name.strip(): float(value) for name, value in (f.split(":") for f in fields if f.strip())}
+
+
+def write_eval_files(folder) -> dict[str, str]:
+    wiki = folder / "wiki.test.tokens"
+    wiki.write_bytes(WIKITEXT.encode("utf-8"))
+    lambada = folder / "lambada_test.jsonl"
+    lambada.write_text("".join(json.dumps({"text": text}) + "\n" for text in LAMBADA))
+    return {"WIKITEXT103": str(wiki), "LAMBADA": str(lambada)}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(gpt_data_prefix, tmp_path_factory):
+    """Checkpoints pretrain_gpt.py wrote: a GPT-2 style one and a LLaMA-style one."""
+    folder = tmp_path_factory.mktemp("zeroshot")
+    ds_config = write_ds_config(folder / "ds.json", 0)
+    saved = {}
+    for name, extra in (("gpt", []), ("llama", LLAMA_FLAGS)):
+        saved[name] = folder / name
+        flags = [*tiny_model_flags(gpt_data_prefix), *extra, "--save", str(saved[name])]
+        run_pretrain([*flags, "--deepspeed_config", str(ds_config)], launcher="python").check()
+    return saved
+
+
+PROCESS_GROUP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def run_task(task: str, flags: list[str], nproc: int = 1) -> str:
+    launcher = [sys.executable] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_port", str(free_port()),
+    ]  # fmt: skip
+    command = [*launcher, str(REPO_ROOT / "tasks" / "main.py"), "--task", task, *flags]
+    # Not the rendezvous variables of this process's own group (the in-process runs' fixture sets them).
+    env = {name: value for name, value in os.environ.items() if name not in PROCESS_GROUP_VARIABLES}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    lines = RESULT_PATTERN.findall(completed.stdout)
+    assert len(lines) == 1, completed.stdout[-2000:]  # rank 0 only
+    return completed.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["gpt", "llama"])
+@pytest.mark.parametrize(
+    "task, task_flags",
+    [("WIKITEXT103", ["--overlapping-eval", "8"]), ("LAMBADA", ["--strict-lambada"]), ("LAMBADA", [])],
+    ids=["wikitext-overlap-8", "lambada-strict", "lambada"],
+)
+def test_tasks_main_reports_the_in_process_metrics(
+    kind, task, task_flags, checkpoints, single_process_group, tmp_path
+):
+    files = write_eval_files(tmp_path)
+    flags = [
+        "--valid-data",
+        files[task],
+        "--load",
+        str(checkpoints[kind]),
+        "--micro-batch-size",
+        "4",
+        *task_flags,
+    ]
+    output = run_task(task, flags)
+    expected = run_zeroshot(parse_args(["--task", task, *flags], add_task_flags))
+    assert expected in output
+    metrics = task_metrics(expected)
+    assert all(math.isfinite(value) for value in metrics.values())
+    if task == "WIKITEXT103":
+        assert (
+            metrics["ppl"] < 8192 and metrics["adjusted ppl"] > metrics["ppl"]
+        )  # trained; more tokens than words
+    else:
+        assert metrics["total examples"] == len(LAMBADA) and 0 <= metrics["avg accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_tensor_parallel_evaluation_matches_one_process(checkpoints, tmp_path):
+    files = write_eval_files(tmp_path)
+    flags = [
+        "--valid-data",
+        files["WIKITEXT103"],
+        "--load",
+        str(checkpoints["gpt"]),
+        "--overlapping-eval",
+        "16",
+    ]
+    one = task_metrics(run_task("WIKITEXT103", flags))
+    two = task_metrics(run_task("WIKITEXT103", [*flags, "--tensor-model-parallel-size", "2"], nproc=2))
+    assert two == pytest.approx(one, rel=1e-3)
