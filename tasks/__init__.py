@@ -1,0 +1,1 @@
+"""Megatron-LM's downstream tasks, run through ``tasks/main.py``."""
