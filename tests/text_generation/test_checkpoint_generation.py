@@ -5,8 +5,6 @@ checkpoint, answers what one process answers from the original; a MoE checkpoint
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,6 +19,7 @@ from tests.launch import (
     LLAMA_FLAGS,
     REPO_ROOT,
     LiveRun,
+    launch,
     pretrain_command,
     run_pretrain,
     tiny_model_flags,
@@ -72,12 +71,13 @@ def test_a_trained_model_continues_its_text(memorized, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     out = tmp_path / "samples.txt"
-    command = [
-        sys.executable, str(REPO_ROOT / "tools" / "generate_samples_gpt.py"), "--load", str(memorized),
-        "--sample-input-file", str(prompts), "--sample-output-file", str(out), "--out-seq-length", "24",
-        "--greedy", "--micro-batch-size", "2",
+    flags = [
+        "--load", str(memorized), "--sample-input-file", str(prompts), "--sample-output-file", str(out),
+        "--out-seq-length", "24", "--greedy", "--micro-batch-size", "2",
     ]  # fmt: skip
-    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    # A free MASTER_PORT: the session's may be held by this pytest process's own process group.
+    command, env = pretrain_command(flags, launcher="python", script="tools/generate_samples_gpt.py")
+    completed = launch(command, env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     samples = out.read_text()
     assert (
