@@ -54,9 +54,8 @@ def sampling_options(args: argparse.Namespace, add_bos: bool) -> SamplingOptions
         )
     except RequestError as error:
         flags = {"tokens_to_generate": "--out-seq-length", "top_k": "--top_k", "top_p": "--top_p"}
-        raise ConfigError(
-            f"{flags.get(error.field, '--' + error.field.replace('_', '-'))}: {error}"
-        ) from None
+        flag = flags.get(error.field, "--" + error.field.replace("_", "-"))
+        raise ConfigError(f"{flag} {str(error).removeprefix(error.field + ': ')}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
