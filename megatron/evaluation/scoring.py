@@ -9,11 +9,13 @@ trained model gives its padding rows little probability, so the difference is sm
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from megatron.text_generation.samples import batches
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,6 @@ class Sample:
 class SampleScore:
     loss: float  # the summed negative log-likelihood of the scored targets (nats)
     correct: bool  # the argmax is the target at every scored position
-
-
-def batches(samples: Sequence[Sample], batch_size: int) -> Iterator[Sequence[Sample]]:
-    for start in range(0, len(samples), batch_size):
-        yield samples[start : start + batch_size]
 
 
 @torch.no_grad()

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 from megatron.text_generation.api import SamplingOptions, TextGenerator
+
+T = TypeVar("T")
 
 
 def read_prompts(path: str) -> list[str]:
@@ -16,7 +19,8 @@ def read_prompts(path: str) -> list[str]:
         return [line.rstrip("\n") for line in file if line.strip()]
 
 
-def batches(items: list[str], size: int) -> Iterator[list[str]]:
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """Consecutive slices of ``size`` items (the last one shorter), for batched generation and scoring."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
