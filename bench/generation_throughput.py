@@ -47,6 +47,7 @@ from megatron.config.build import build_config  # noqa: E402
 from megatron.config.schema import Config  # noqa: E402
 from megatron.model import GPTModel  # noqa: E402
 from megatron.text_generation.api import SamplingOptions  # noqa: E402
+from megatron.text_generation.decode_graph import DecodeGraphs, decoding_path  # noqa: E402
 from megatron.text_generation.generation import StopRules, generate_tokens  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -65,8 +66,11 @@ def build_model_config(model: str, overrides: list[str]) -> Config:
     return build_config(parse_args(flags), 1, SHAPES[model]["vocab"])
 
 
-def our_generation(model: GPTModel, new_tokens: int, vocab_size: int) -> Generate:
-    """Greedy generation through the library's decoding loop; the rows it returns hold prompt and
+def our_generation(
+    model: GPTModel, new_tokens: int, vocab_size: int, graphs: DecodeGraphs | None
+) -> Generate:
+    """Greedy generation through the library's decoding loop, replaying captured decoding steps when
+    ``graphs`` is given (as ``ModelTextGenerator`` does on one GPU); the rows it returns hold prompt and
     generated tokens."""
     device = model.output_weight.device
     vocab_flags = torch.zeros(model.config.padded_vocab_size, dtype=torch.bool, device=device)
@@ -75,7 +79,9 @@ def our_generation(model: GPTModel, new_tokens: int, vocab_size: int) -> Generat
     max_length = model.config.max_position_embeddings
 
     def generate(prompts: torch.Tensor) -> list[list[int]]:
-        result = generate_tokens(model, prompts.tolist(), options, stop, vocab_size, max_length)
+        result = generate_tokens(
+            model, prompts.tolist(), options, stop, vocab_size, max_length, graphs=graphs
+        )
         return [row[prompts.shape[1] :] for row in result.tokens]
 
     return generate
@@ -155,6 +161,11 @@ def main() -> None:
     bench.add_argument("--peer", choices=("hf", "none"), default="hf")
     bench.add_argument("--dtype", choices=DTYPES, default="bf16")
     bench.add_argument("--repeats", type=int, default=3, help="timed generations per figure, after a warm-up")
+    bench.add_argument(
+        "--eager-too",
+        action="store_true",
+        help="where ours replays captured decoding steps (one GPU), also time it decoding eagerly",
+    )
     known, overrides = bench.parse_known_args()
     config = build_model_config(known.model, overrides)
     if known.prompt_length + known.new_tokens > config.model.max_position_embeddings:
@@ -175,14 +186,27 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {name}", flush=True)
     label = f"{known.model} {known.dtype} {device.type} prompt={known.prompt_length}"
     model = GPTModel(config.model, seed=config.seed).to(device=device, dtype=dtype).eval()
-    generate = our_generation(model, known.new_tokens, vocab_size)
+    path = decoding_path(model, tensor_size=1)
+    graphs = DecodeGraphs(model) if path == "cuda-graph" else None
+    generate = our_generation(model, known.new_tokens, vocab_size, graphs)
     ours_figures = {batch: measure(generate, prompts[batch], known.repeats) for batch in known.batch_sizes}
     rates = {}
     for batch, figures in ours_figures.items():
-        rates[batch] = [report(f"ours-{label}", batch, known.new_tokens, figures)]
+        extra = f" decoding={path.split(' ')[0]}"
+        rates[batch] = [report(f"ours-{label}", batch, known.new_tokens, figures, extra)]
+    timed_graphs = graphs is not None
+    generate = graphs = None  # frees the captured steps and their caches before the next figures
+    if known.eager_too and timed_graphs:
+        eager = our_generation(model, known.new_tokens, vocab_size, None)
+        for batch in known.batch_sizes:
+            figures = measure(eager, prompts[batch], known.repeats)
+            agree = agreeing_prefix(ours_figures[batch][2][0], figures[2][0])
+            extra = f" decoding=eager row0_agreeing_prefix={agree}/{known.new_tokens}"
+            report(f"ours-eager-{label}", batch, known.new_tokens, figures, extra)
+        del eager
     if known.peer == "hf":
         peer = hf_peer(model, vocab_size, dtype, device)
-        del model, generate
+        del model
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

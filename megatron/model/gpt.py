@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megatron.config.schema import ModelConfig, MoEConfig, RecomputeConfig
-from megatron.model.kv_cache import KVCache
+from megatron.model.kv_cache import KVCache, StaticKVCache
 from megatron.model.transformer import ParallelTransformer
 from megatron.parallel.context import ParallelContext
 from megatron.parallel.cross_entropy import vocab_parallel_cross_entropy
@@ -55,12 +55,16 @@ class Embedding(nn.Module):
         self.context = context
 
     def forward(
-        self, tokens: torch.Tensor, position_offset: int = 0, tokentype_ids: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        position_offset: int | torch.Tensor = 0,
+        tokentype_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``position_offset``: the position of the first token, on the host or (a static key/value
+        cache's) on the device."""
         embeddings = self.word_embeddings(tokens)
         if self.position_embeddings is not None:
-            end = position_offset + tokens.shape[1]
-            positions = torch.arange(position_offset, end, device=tokens.device)
+            positions = torch.arange(tokens.shape[1], device=tokens.device) + position_offset
             embeddings = embeddings + self.position_embeddings(positions)
         if self.tokentype_embeddings is not None:
             embeddings = embeddings + self.tokentype_embeddings(tokentype_ids)
@@ -154,7 +158,10 @@ class TransformerLanguageModel(nn.Module):
             self.output_layer = OutputLayer(config, context, seed)
 
     def forward(
-        self, tokens: torch.Tensor, position_offset: int = 0, kv_cache: KVCache | None = None
+        self,
+        tokens: torch.Tensor,
+        position_offset: int | torch.Tensor = 0,
+        kv_cache: KVCache | StaticKVCache | None = None,
     ) -> torch.Tensor:
         return self.encoder(self.embedding(tokens, position_offset), kv_cache=kv_cache)
 
@@ -206,8 +213,8 @@ class GPTModel(nn.Module):
         tokens: torch.Tensor,
         labels: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
-        position_offset: int = 0,
-        kv_cache: KVCache | None = None,
+        position_offset: int | torch.Tensor = 0,
+        kv_cache: KVCache | StaticKVCache | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``kv_cache`` (inference): ``tokens`` are the next ones after those cached, which sets their
         positions; the cache then holds them too."""

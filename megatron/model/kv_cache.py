@@ -3,8 +3,14 @@ that a new token attends to them without running the prompt again.
 
 Preallocated once per batch for the longest sequence it may reach, ``[batch, max_length, kv heads, head
 dim]`` per layer with this rank's key/value heads only: under grouped-query attention the cache holds the
-shared heads, not one copy per query head. ``length`` counts the cached positions; the model reads it as
-the position of its first new token and advances it after each forward.
+shared heads, not one copy per query head. The cache's ``length`` counts the cached positions; the model
+reads it as the position of its first new token and advances it after each forward. An attention layer
+hands its new query, key and value to its layer's cache, which stores them and attends.
+
+Two kinds. :class:`KVCache` counts on the host and attends to the filled positions only.
+:class:`StaticKVCache` counts on the device and, one token at a time, attends to every position under a
+mask: each decoding step then runs the same kernels on the same buffers, whatever the position, which is
+what a captured CUDA graph needs (:mod:`megatron.text_generation.decode_graph`).
 """
 
 from __future__ import annotations
@@ -33,15 +39,15 @@ class LayerKVCache:
     def offset(self) -> int:
         return self._length.value
 
-    def extend(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """Store the new tokens' ``key``/``value`` (``[batch, new, kv heads, head dim]``) after the cached
-        ones and return all of them so far."""
+        ones, and return the causal attention of ``query`` over all of them."""
         start, end = self.offset, self.offset + key.shape[1]
         if end > self.keys.shape[1]:
             raise ValueError(f"the key/value cache holds {self.keys.shape[1]} positions; {end} were asked")
         self.keys[:, start:end] = key
         self.values[:, start:end] = value
-        return self.keys[:, :end], self.values[:, :end]
+        return cached_attention(query, self.keys[:, :end], self.values[:, :end], start)
 
 
 class KVCache:
@@ -75,6 +81,86 @@ class KVCache:
 
     def advance(self, tokens: int) -> None:
         self._length.value += tokens
+
+
+class StaticLayerKVCache:
+    """One attention layer's part of a :class:`StaticKVCache`."""
+
+    def __init__(self, position: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
+        self._position = position
+        self.keys, self.values = keys, values
+        self._key_positions = torch.arange(keys.shape[1], device=keys.device)
+
+    @property
+    def offset(self) -> torch.Tensor:
+        return self._position
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Several new tokens fill the cache from position 0 (the prompt) and attend causally among
+        themselves; one new token is written at the device-held position and attends to every cached
+        position up to it, the later ones masked. Masked positions hold zeros or finished values, never
+        NaN, so that they add nothing (the buffers start zeroed)."""
+        new = key.shape[1]
+        if new > 1:
+            self.keys[:, :new] = key
+            self.values[:, :new] = value
+            return cached_attention(query, key, value, 0)
+        index = self._position.view(1)
+        self.keys.index_copy_(1, index, key)
+        self.values.index_copy_(1, index, value)
+        mask = (self._key_positions <= self._position).view(1, 1, 1, -1)
+        context = F.scaled_dot_product_attention(
+            query.transpose(1, 2),
+            self.keys.transpose(1, 2),
+            self.values.transpose(1, 2),
+            attn_mask=mask,
+            enable_gqa=key.shape[2] != query.shape[2],
+        )
+        return context.transpose(1, 2)
+
+
+class StaticKVCache:
+    """A cache whose length lives on the device (a 0-d long tensor) and whose buffers never move: the
+    prompt's forward must come first, from position 0 (:meth:`reset` rewinds it), then one token per
+    forward."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch: int,
+        max_length: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
+        shape = (batch, max_length, kv_heads, head_dim)
+        self.batch = batch
+        self.max_length = max_length
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.layers = [
+            StaticLayerKVCache(
+                self.position,
+                torch.zeros(shape, dtype=dtype, device=device),
+                torch.zeros(shape, dtype=dtype, device=device),
+            )
+            for _ in range(num_layers)
+        ]
+
+    @property
+    def length(self) -> torch.Tensor:
+        return self.position
+
+    def advance(self, tokens: int) -> None:
+        self.position.add_(tokens)
+
+    def reset(self) -> None:
+        """Back to an empty cache: position 0, zeroed buffers (no value of an earlier batch can be NaN
+        under the mask)."""
+        self.position.zero_()
+        for layer in self.layers:
+            layer.keys.zero_()
+            layer.values.zero_()
 
 
 def cached_attention(

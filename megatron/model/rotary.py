@@ -35,18 +35,18 @@ class RotaryEmbedding(nn.Module):
         self.ulysses_size = context.ulysses_size
 
     def angles(
-        self, seq_length: int, device: torch.device, offset: int = 0
+        self, seq_length: int, device: torch.device, offset: int | torch.Tensor = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin, ``[sequence, 1, rotary_dim]``, for this rank's positions; ``offset``: the position
-        of the first one (the tokens already in a key/value cache)."""
+        of the first one (the tokens already in a key/value cache), on the host or on the device."""
         start = offset + (self.ulysses_rank * seq_length if self.ulysses_size > 1 else 0)
-        positions = torch.arange(start, start + seq_length, device=device, dtype=torch.float32)
+        positions = torch.arange(seq_length, device=device, dtype=torch.float32) + start
         freqs = torch.outer(positions, self.inv_freq.to(device))
         emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
         return emb.cos(), emb.sin()
 
     def forward(
-        self, query: torch.Tensor, key: torch.Tensor, offset: int = 0
+        self, query: torch.Tensor, key: torch.Tensor, offset: int | torch.Tensor = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self.angles(query.shape[1], query.device, offset)
         return self._rotate(query, cos, sin), self._rotate(key, cos, sin)

@@ -18,7 +18,7 @@ from deepspeed.sequence.layer import DistributedAttention
 from torch import nn
 
 from megatron.config.schema import ModelConfig, MoEConfig, RecomputeConfig
-from megatron.model.kv_cache import KVCache, LayerKVCache, cached_attention
+from megatron.model.kv_cache import KVCache, LayerKVCache, StaticKVCache, StaticLayerKVCache
 from megatron.model.mlp import mlp_class, output_layer_std
 from megatron.model.moe import MoEMLP, expert_parallel_rank, moe_losses
 from megatron.model.norm import build_norm
@@ -139,7 +139,7 @@ class SelfAttention(nn.Module):
         self,
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        kv_cache: LayerKVCache | None = None,
+        kv_cache: LayerKVCache | StaticLayerKVCache | None = None,
     ) -> torch.Tensor:
         """``kv_cache`` (incremental decoding): ``hidden`` holds the new tokens only, which attend to the
         cached ones and are added to the cache."""
@@ -152,9 +152,7 @@ class SelfAttention(nn.Module):
         if self.rotary is not None:
             query, key = self.rotary(query, key, offset)
         if kv_cache is not None:
-            key, value = kv_cache.extend(key, value)
-            context = cached_attention(query, key, value, offset)
-            return self.dense(context.reshape(batch, seq, -1))
+            return self.dense(kv_cache.attend(query, key, value).reshape(batch, seq, -1))
         core = self.core_attention
         if attention_mask is not None:
             core = partial(core, attention_mask=attention_mask)
@@ -200,7 +198,7 @@ class ParallelTransformerLayer(nn.Module):
         self,
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        kv_cache: LayerKVCache | None = None,
+        kv_cache: LayerKVCache | StaticLayerKVCache | None = None,
     ) -> torch.Tensor:
         if self.recompute_layer and torch.is_grad_enabled():
             return recompute(partial(self._forward, attention_mask=attention_mask), hidden)
@@ -210,7 +208,7 @@ class ParallelTransformerLayer(nn.Module):
         self,
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        kv_cache: LayerKVCache | None = None,
+        kv_cache: LayerKVCache | StaticLayerKVCache | None = None,
     ) -> torch.Tensor:
         attention = self.self_attention(self.input_layernorm(hidden), attention_mask, kv_cache)
         hidden = hidden + self.hidden_dropout(attention)
@@ -266,7 +264,7 @@ class ParallelTransformer(nn.Module):
         self,
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
+        kv_cache: KVCache | StaticKVCache | None = None,
     ) -> torch.Tensor:
         """``attention_mask``: for bidirectional layers (``causal`` False), True where a query may attend to
         a key, broadcastable to ``[batch, heads, queries, keys]``; None attends everywhere. ``kv_cache``:

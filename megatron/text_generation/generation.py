@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from megatron.model.kv_cache import KVCache
 from megatron.text_generation.api import SamplingOptions
+from megatron.text_generation.decode_graph import DecodeGraphs
 from megatron.text_generation.sampling import decayed_top_p, sample
 
 # How often the decoding loop checks whether every row has ended (see the loop).
@@ -56,11 +57,13 @@ def generate_tokens(
     vocab_size: int,
     max_length: int,
     tensor_group: dist.ProcessGroup | None = None,
+    graphs: DecodeGraphs | None = None,
 ) -> TokenGeneration:
     """Continue every prompt by up to ``options.tokens_to_generate`` tokens, never past ``max_length``
     positions. ``vocab_size``: the tokenizer's (the padding entries of the model's vocabulary are never
     sampled). Under tensor parallelism (``tensor_group``) the group's first rank samples and the others
-    take its tokens, so all ranks stay on one sequence."""
+    take its tokens, so all ranks stay on one sequence. ``graphs``: replay captured decoding steps
+    (:mod:`~megatron.text_generation.decode_graph`) instead of running each step eagerly."""
     config = model.config
     device = model.output_weight.device
     lengths = torch.tensor([len(prompt) for prompt in prompts], device=device)
@@ -70,10 +73,19 @@ def generate_tokens(
     for row, prompt in enumerate(prompts):
         tokens[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
     tensor_size = 1 if tensor_group is None else dist.get_world_size(tensor_group)
-    cache = KVCache(
-        config.num_layers, len(prompts), total, config.kv_heads // tensor_size, config.head_dim,
-        model.output_weight.dtype, device,
-    )  # fmt: skip
+    kv_heads = config.kv_heads // tensor_size
+    if graphs is not None:
+        captured = graphs.step_for(len(prompts), total, kv_heads)
+        cache, decode = captured.cache, captured
+    else:
+        cache = KVCache(
+            config.num_layers, len(prompts), total, kv_heads, config.head_dim, model.output_weight.dtype,
+            device,
+        )  # fmt: skip
+
+        def decode(next_tokens: torch.Tensor) -> torch.Tensor:
+            return model(next_tokens, kv_cache=cache)[:, -1]
+
     logprobs = None
     if options.return_logprobs:
         logprobs = torch.zeros(len(prompts), max(total - 1, 0), device=device)
@@ -121,7 +133,7 @@ def generate_tokens(
         if (position - start) % END_CHECK_STEPS == END_CHECK_STEPS - 1 or options.stop_strings:
             if bool(ended.all()) and (logprobs is None or position + 1 >= longest_prompt):
                 break
-        last = model(tokens[:, position : position + 1], kv_cache=cache)[:, -1]
+        last = decode(tokens[:, position : position + 1])
     ends = end_at.tolist()
     rows = tokens.tolist()
     return TokenGeneration(

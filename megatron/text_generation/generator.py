@@ -3,6 +3,7 @@ token segments and log-probabilities out, as Megatron-LM's generation API return
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -11,7 +12,10 @@ import torch.distributed as dist
 from megatron.data.tokenizer import Tokenizer
 from megatron.model import GPTModel
 from megatron.text_generation.api import Generation, RequestError, SamplingOptions
+from megatron.text_generation.decode_graph import DecodeGraphs, decoding_path
 from megatron.text_generation.generation import StopRules, generate_tokens
+
+logger = logging.getLogger("megatron")
 
 
 class ModelTextGenerator:
@@ -31,6 +35,10 @@ class ModelTextGenerator:
         self.tensor_group = tensor_group
         self._max_sequence_length = max_sequence_length or model.config.max_position_embeddings
         self.stop_rules = self._stop_rules()
+        tensor_size = 1 if tensor_group is None else dist.get_world_size(tensor_group)
+        path = decoding_path(model, tensor_size)
+        logger.info("decoding steps: %s", path)
+        self.decode_graphs = DecodeGraphs(model) if path == "cuda-graph" else None
 
     @property
     def max_sequence_length(self) -> int:
@@ -87,6 +95,7 @@ class ModelTextGenerator:
             self.tokenizer.vocab_size,
             self.max_sequence_length,
             self.tensor_group,
+            self.decode_graphs,
         )
         detokenize = self.tokenizer.detokenize
         return Generation(

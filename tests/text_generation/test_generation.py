@@ -11,7 +11,7 @@ import torch
 
 from megatron.config.schema import ModelConfig
 from megatron.model import GPTModel
-from megatron.model.kv_cache import KVCache
+from megatron.model.kv_cache import KVCache, StaticKVCache
 from megatron.text_generation.api import RequestError, SamplingOptions
 from megatron.text_generation.generator import ModelTextGenerator
 from megatron.text_generation.sampling import decayed_top_p, sample
@@ -41,6 +41,24 @@ def test_cached_logits_equal_full_forward_logits(config):
         pieces += [model(tokens[:, position : position + 1], kv_cache=cache) for position in range(5, 9)]
         pieces.append(model(tokens[:, 9:], kv_cache=cache))  # several tokens after a cache
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("config", [GPT, LLAMA], ids=["gpt", "llama"])
+def test_static_cache_logits_equal_full_forward_logits(config):
+    """The cache a captured decoding step runs on: its position on the device, every step attending to all
+    of its positions under a mask. Reused after a reset, with the earlier batch's values still behind the
+    mask. A one-token prompt takes the one-token path from position 0."""
+    model = GPTModel(config, seed=3).eval()
+    cache = StaticKVCache(config.num_layers, 2, 16, config.kv_heads, config.head_dim, torch.float32, "cpu")
+    for seed, prompt in ((0, 5), (1, 1)):
+        tokens = torch.randint(0, 8000, (2, 12), generator=torch.Generator().manual_seed(seed))
+        cache.reset()
+        with torch.no_grad():
+            full = model(tokens)
+            pieces = [model(tokens[:, :prompt], kv_cache=cache)]
+            pieces += [model(tokens[:, at : at + 1], kv_cache=cache) for at in range(prompt, 12)]
+        torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+        assert int(cache.length) == 12
 
 
 def test_a_dropped_cache_is_freed_at_once():
