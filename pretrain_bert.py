@@ -22,6 +22,7 @@ from megatron.data.verify import check_training_data
 from megatron.model.bert import BertModel
 from megatron.model.bert_pipe import bert_pipeline_module
 from megatron.parallel.context import ParallelContext, parallel_context_for
+from megatron.training.determinism import apply_deterministic_mode
 from megatron.training.distributed import initialize_distributed
 from megatron.training.entry import run_cli
 from megatron.training.masked_lm import BertData
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     check_machine(config)
     check_sentence_prefixes(config.data.data_path)
     check_training_data(config.data, tokenizer.vocab_size)
+    apply_deterministic_mode(config.kernels.deterministic)
     context = initialize_distributed(config.parallel.distributed_backend)
     data = BertData(tokenizer, config.masked_lm)
     parallel_context = parallel_context_for(config.parallel)

@@ -18,6 +18,7 @@ from megatron.data.verify import check_training_data
 from megatron.model import GPTModel
 from megatron.model.gpt_pipe import gpt_pipeline_module
 from megatron.parallel.context import ParallelContext, parallel_context_for
+from megatron.training.determinism import apply_deterministic_mode
 from megatron.training.distributed import initialize_distributed
 from megatron.training.entry import run_cli
 from megatron.training.pretrain import Pretraining
@@ -47,6 +48,7 @@ def build_pretraining(argv: list[str] | None = None) -> Pretraining:
     for flag, blend in config.data.blends().items():
         check_data_prefixes(blend, flag)
     check_training_data(config.data, tokenizer.vocab_size)
+    apply_deterministic_mode(config.kernels.deterministic)
     context = initialize_distributed(config.parallel.distributed_backend)
     parallel_context = parallel_context_for(config.parallel)
     return Pretraining(config, context, parallel_context, gpt_model_provider, eod=tokenizer.eod)

@@ -144,9 +144,14 @@ def check_optimizer_files(folder: str, saved: dict, context: ParallelContext) ->
     problem = None
     if _sharded_optimizer(saved):
         rank = model_rank(context.pipeline_rank, context.tensor_rank, context.tensor_size)
-        bf16_optimizer = saved["deepspeed"]["zero_stage"] == 0
-        path = os.path.join(folder, optim_states_name(context.sequence_data_rank, rank, bf16_optimizer))
-        problem = _damaged(path)
+        # DeepSpeed's BF16_Optimizer (bf16 at stage 0, and at stage 1 with fp32 gradient accumulation and
+        # no offload) names its shards bf16_*; the ZeRO optimizer does not. Whichever is there is checked.
+        named = {
+            bf16: os.path.join(folder, optim_states_name(context.sequence_data_rank, rank, bf16))
+            for bf16 in (True, False)
+        }
+        present = [path for path in named.values() if os.path.isfile(path)]
+        problem = _damaged(present[0] if present else named[saved["deepspeed"]["zero_stage"] == 0])
     problems = [problem]
     if dist.is_initialized() and dist.get_world_size() > 1:
         problems = [None] * dist.get_world_size()

@@ -464,6 +464,13 @@ def _add_kernel_flags(parser: argparse.ArgumentParser) -> None:
         help="Attention through the flash-attn package (a CUDA build, its version-2 kernels) instead of "
         "torch SDPA. --use-flash-attn-v2 is the same.",
     )
+    group.add_argument(
+        "--deterministic-mode",
+        action="store_true",
+        help="Deterministic kernels only (cuBLAS workspace, torch's deterministic algorithms, SDPA's flash "
+        "and math attention), so that the same run on the same hardware and software repeats bit for bit. "
+        "Refused with features not measured deterministic here.",
+    )
 
 
 def _add_moe_flags(parser: argparse.ArgumentParser) -> None:

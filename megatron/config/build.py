@@ -127,6 +127,8 @@ def build_config(
     check_moe_zero_stage(moe, stage, ds.path)
     check_moe_tokens(moe, batch.micro_batch_size, shortest_seq_length(curriculum, model.seq_length))
     check_masked_lm_features(masked_lm, moe.enabled, curriculum is not None)
+    fp8 = float8_config(args, model, parallel, batch.micro_batch_size, masked_lm, curriculum)
+    _check_deterministic_features(kernels, fp8 is not None)
     reconciled = ds_config.reconcile_ds_config(
         ds,
         batch=batch,
@@ -156,7 +158,7 @@ def build_config(
         moe=moe,
         curriculum=curriculum,
         masked_lm=masked_lm,
-        fp8=float8_config(args, model, parallel, batch.micro_batch_size, masked_lm, curriculum),
+        fp8=fp8,
         seed=args.seed,
         nonfinite=nonfinite_config(args),
     )
@@ -178,7 +180,25 @@ def _kernel_config(args: argparse.Namespace) -> KernelConfig:
         torch_compile=args.torch_compile,
         compile_mode=args.torch_compile_mode or "default",
         use_flash_attn=args.use_flash_attn,
+        deterministic=args.deterministic_mode,
     )
+
+
+def _check_deterministic_features(kernels: KernelConfig, fp8_enabled: bool) -> None:
+    """``--deterministic-mode`` with the features that were not measured to repeat bit for bit on a GPU
+    (README, "Reproducible runs"): refused, rather than promised."""
+    if not kernels.deterministic:
+        return
+    unproven = [
+        (kernels.use_flash_attn, "--use-flash-attn (the flash-attn package)"),
+        (fp8_enabled, "--fp8-format (FP8 training)"),
+    ]
+    found = [name for applies, name in unproven if applies]
+    if found:
+        raise ConfigError(
+            f"--deterministic-mode with {', '.join(found)}: not measured to repeat bit for bit here. Drop "
+            f"{'it' if len(found) == 1 else 'them'}, or drop --deterministic-mode."
+        )
 
 
 def _check_cuda_graph_layout(

@@ -101,11 +101,14 @@ class KernelConfig:
     GeLU, dropout, LayerNorm and residual adds; ``compile_mode`` is torch.compile's ``mode``:
     "reduce-overhead" replays the compiled graphs as CUDA graphs, "max-autotune" also tunes the matmul and
     fused kernels for the GPU. ``use_flash_attn`` calls the flash-attn package instead of torch's SDPA.
+    ``deterministic`` (``--deterministic-mode``) runs deterministic kernels only, so that a rerun is
+    bitwise identical (``megatron/training/determinism.py``).
     """
 
     torch_compile: bool = False
     compile_mode: CompileMode = "default"
     use_flash_attn: bool = False
+    deterministic: bool = False
 
     @property
     def uses_cuda_graphs(self) -> bool:

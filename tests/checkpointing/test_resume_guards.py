@@ -180,3 +180,18 @@ def test_each_changed_setting_is_one_log_line(tmp_path, caplog):
         "resume: --train-iters changed: 500000 (checkpoint) -> 600000 (this run)",
         "resume: --lr changed: 0.0003 (checkpoint) -> 0.0006 (this run)",
     ]
+
+
+@pytest.mark.slow
+def test_bf16_zero_1_resumes_where_the_straight_run_goes_on(gpt_data_prefix, tmp_path):
+    """bf16 at ZeRO stage 1 runs DeepSpeed's BF16_Optimizer, whose shards are named bf16_*: the shard check
+    finds them (it once looked for the ZeRO optimizer's name and refused every such resume)."""
+    flags = tiny_model_flags(gpt_data_prefix, 4) + [
+        "--bf16", "--deepspeed_config", str(write_ds_config(tmp_path / "ds.json", 1, bf16={"enabled": True})),
+    ]  # fmt: skip
+    straight = run_pretrain(flags).check()
+    save = tmp_path / "ckpt"
+    run_pretrain(flags + ["--save", str(save), "--exit-interval", "2"]).check()
+    assert (save / "global_step2" / f"bf16_{SHARD.format(0)}").is_file()
+    resumed = run_pretrain(flags + ["--load", str(save)]).check()
+    assert resumed.loss_strings == {3: straight.loss_strings[3], 4: straight.loss_strings[4]}
