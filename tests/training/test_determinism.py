@@ -21,9 +21,7 @@ def test_the_flag_is_read_and_off_by_default(tmp_path):
 
 def test_fp8_is_refused_in_one_line_naming_both_flags(tmp_path):
     with pytest.raises(ConfigError, match=r"--deterministic-mode with --fp8-format .*Drop it"):
-        build(
-            tmp_path, {"--deterministic-mode": True, "--fp8-format": "hybrid", "--fp16": None, "--bf16": True}
-        )
+        build(tmp_path, {"--deterministic-mode": True, "--fp8-format": "hybrid"})
 
 
 def test_applying_the_mode_switches_torch_and_sdpa(monkeypatch):
