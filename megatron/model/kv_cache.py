@@ -15,8 +15,25 @@ what a captured CUDA graph needs (:mod:`megatron.text_generation.decode_graph`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+
+
+def layer_buffers(
+    num_layers: int,
+    shape: tuple[int, int, int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+    allocate: Callable[..., torch.Tensor],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's key and value buffers, ``shape`` each, made by ``allocate`` (``torch.empty``, or
+    ``torch.zeros`` where masked positions are read)."""
+    return [
+        (allocate(shape, dtype=dtype, device=device), allocate(shape, dtype=dtype, device=device))
+        for _ in range(num_layers)
+    ]
 
 
 class CachedLength:
@@ -63,17 +80,12 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device,
     ):
-        shape = (batch, max_length, kv_heads, head_dim)
         self._length = CachedLength()
         self.max_length = max_length
-        self.layers = [
-            LayerKVCache(
-                self._length,
-                torch.empty(shape, dtype=dtype, device=device),
-                torch.empty(shape, dtype=dtype, device=device),
-            )
-            for _ in range(num_layers)
-        ]
+        buffers = layer_buffers(
+            num_layers, (batch, max_length, kv_heads, head_dim), dtype, device, torch.empty
+        )
+        self.layers = [LayerKVCache(self._length, keys, values) for keys, values in buffers]
 
     @property
     def length(self) -> int:
@@ -134,18 +146,13 @@ class StaticKVCache:
         dtype: torch.dtype,
         device: torch.device,
     ):
-        shape = (batch, max_length, kv_heads, head_dim)
         self.batch = batch
         self.max_length = max_length
         self.position = torch.zeros((), dtype=torch.long, device=device)
-        self.layers = [
-            StaticLayerKVCache(
-                self.position,
-                torch.zeros(shape, dtype=dtype, device=device),
-                torch.zeros(shape, dtype=dtype, device=device),
-            )
-            for _ in range(num_layers)
-        ]
+        buffers = layer_buffers(
+            num_layers, (batch, max_length, kv_heads, head_dim), dtype, device, torch.zeros
+        )
+        self.layers = [StaticLayerKVCache(self.position, keys, values) for keys, values in buffers]
 
     @property
     def length(self) -> torch.Tensor:
