@@ -13,8 +13,9 @@ Each run is compared with the first run of its mode (``det-split`` with the firs
 line with how many logged losses and checkpoint tensors are bitwise equal. Each run prints a ``RESULT`` line
 with its median tokens/s (over the log lines after the first quarter). Checkpoints are hashed, tensor by
 tensor, and deleted after each run. Other flags go to ``pretrain_gpt.py`` (``--torch-compile``,
-``--num-experts 4`` ...). ``--sdpa-kernels`` replaces the kernels deterministic mode leaves to SDPA, to
-measure another choice:
+``--num-experts 4`` ...). ``--mode-setting NAME=VALUE`` replaces one of the choices at the top of
+``megatron/training/determinism.py`` in the deterministic runs (``SDPA_KERNELS=cudnn,flash,math``,
+``FILL_UNINITIALIZED_MEMORY=True``), to measure another choice:
 
     python3 bench/determinism.py --model medium --runs baseline baseline det det det-split
 """
@@ -39,22 +40,33 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.train_throughput import SHAPES, loop_flags, preprocessed_corpus, shape_flags  # noqa: E402
+from megatron.training import determinism  # noqa: E402
 from megatron.training.distributed import free_port  # noqa: E402
 
 LOSS = re.compile(r"iteration\s+(\d+)/.*?\| lm loss: (\S+) \|")
 TOKENS_PER_SECOND = re.compile(r"\| tokens per second: ([0-9.]+) \|")
-# Runs the entry point in this process after setting deterministic mode's SDPA kernels.
+# Runs the entry point in this process after replacing deterministic mode's choices (a JSON object).
 WORKER = (
-    "import runpy, sys; import megatron.training.determinism as mode; "
-    "mode.SDPA_KERNELS = tuple(sys.argv[1].split(',')); sys.argv = ['pretrain_gpt.py', *sys.argv[2:]]; "
-    "runpy.run_path('pretrain_gpt.py', run_name='__main__')"
+    "import json, runpy, sys; import megatron.training.determinism as mode; "
+    "[setattr(mode, name, value) for name, value in json.loads(sys.argv[1]).items()]; "
+    "sys.argv = ['pretrain_gpt.py', *sys.argv[2:]]; runpy.run_path('pretrain_gpt.py', run_name='__main__')"
 )
 
 
-def run_training(flags: list[str], sdpa_kernels: str | None, log: Path) -> str:
+def mode_setting(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` of ``--mode-setting``: a comma-separated VALUE is a tuple, True/False a bool."""
+    name, _, value = text.partition("=")
+    if not hasattr(determinism, name):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a choice of megatron/training/determinism.py")
+    if value in ("True", "False"):
+        return name, value == "True"
+    return name, tuple(value.split(","))
+
+
+def run_training(flags: list[str], settings: dict[str, object], log: Path) -> str:
     """One ``pretrain_gpt.py`` process; its log (also written to ``log``)."""
-    if sdpa_kernels:
-        command = [sys.executable, "-c", WORKER, sdpa_kernels, *flags]
+    if settings:
+        command = [sys.executable, "-c", WORKER, json.dumps(settings), *flags]
     else:
         command = [sys.executable, "pretrain_gpt.py", *flags]
     env = dict(os.environ, MASTER_PORT=str(free_port()))
@@ -95,7 +107,10 @@ def main() -> None:
     bench.add_argument("--iterations", type=int, default=30)
     bench.add_argument("--zero-stage", type=int, default=1)
     bench.add_argument("--runs", nargs="+", choices=("baseline", "det", "det-split"), required=True)
-    bench.add_argument("--sdpa-kernels", default=None, help="e.g. cudnn,flash,math (deterministic runs)")
+    bench.add_argument(
+        "--mode-setting", type=mode_setting, action="append", default=[],
+        help="NAME=VALUE: a choice of megatron/training/determinism.py for the deterministic runs",
+    )  # fmt: skip
     bench.add_argument("--label", default="", help="a name for these runs in the output")
     known, extra = bench.parse_known_args()
     work = Path(tempfile.mkdtemp(prefix="determinism-"))
@@ -116,16 +131,16 @@ def main() -> None:
     for index, run in enumerate(known.runs):
         save = work / f"run{index}"
         flags = [*base, "--save", str(save), "--save-interval", str(known.iterations)]
-        kernels = None
+        settings = {}
         if run != "baseline":
             flags.append("--deterministic-mode")
-            kernels = known.sdpa_kernels
+            settings = dict(known.mode_setting)
         if run == "det-split":
             half = known.iterations // 2
-            output = run_training([*flags, "--exit-interval", str(half)], kernels, work / f"run{index}a.log")
-            output += run_training([*flags, "--load", str(save)], kernels, work / f"run{index}b.log")
+            output = run_training([*flags, "--exit-interval", str(half)], settings, work / f"run{index}a.log")
+            output += run_training([*flags, "--load", str(save)], settings, work / f"run{index}b.log")
         else:
-            output = run_training(flags, kernels, work / f"run{index}.log")
+            output = run_training(flags, settings, work / f"run{index}.log")
         losses = {int(iteration): loss for iteration, loss in LOSS.findall(output)}
         rates = [float(rate) for rate in TOKENS_PER_SECOND.findall(output)]
         steady = rates[len(rates) // 4 :] or rates

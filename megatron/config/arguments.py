@@ -251,6 +251,12 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fp16", action="store_true", help="fp16 mixed precision with loss scaling.")
     group.add_argument("--bf16", action="store_true", help="bf16 mixed precision.")
     group.add_argument(
+        "--embedding-weights-in-fp32",
+        action="store_true",
+        help="Look up the word embeddings in an fp32 copy of the bf16/fp16 table (the output cast back), "
+        "so that the table's gradient is summed in fp32. Default: in the table's own dtype.",
+    )
+    group.add_argument(
         "--fp8-format",
         choices=get_args(Fp8Format),
         default=None,

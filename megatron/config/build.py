@@ -338,6 +338,7 @@ def _model_config(
         hidden_dropout=args.hidden_dropout,
         layernorm_epsilon=args.layernorm_epsilon,
         kv_channels=args.kv_channels,
+        embedding_weights_in_fp32=args.embedding_weights_in_fp32,
         **variants,
     )
     if model.rotary_position_embeddings and model.rotary_dim % 2:

@@ -46,6 +46,9 @@ class ModelConfig:
     untie_embeddings_and_output_weights: bool = False
     # Grouped-query attention; None: one key/value head per query head.
     num_key_value_heads: int | None = None
+    # Megatron's --embedding-weights-in-fp32: the word-embedding lookup (and so its weight gradient) runs
+    # on an fp32 copy of the bf16/fp16 table, its output cast back.
+    embedding_weights_in_fp32: bool = False
 
     @property
     def head_dim(self) -> int:

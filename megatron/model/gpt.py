@@ -41,7 +41,12 @@ class Embedding(nn.Module):
         generator = init_generator(seed, EMBEDDING_INIT_PATH)
         std = config.init_method_std
         self.word_embeddings = VocabParallelEmbedding(
-            config.padded_vocab_size, config.hidden_size, context, std, generator=generator
+            config.padded_vocab_size,
+            config.hidden_size,
+            context,
+            std,
+            generator=generator,
+            lookup_in_fp32=config.embedding_weights_in_fp32,
         )
         self.position_embeddings = None
         if config.learned_position_embeddings:

@@ -172,6 +172,8 @@ class VocabParallelEmbedding(nn.Module):
     Each rank looks up the tokens that fall in its rows and contributes zeros for the others; the all-reduce
     then leaves every rank with the full embedding. The split matches the output layer's, so tied logits come
     out vocabulary-parallel for :func:`megatron.parallel.cross_entropy.vocab_parallel_cross_entropy`.
+    ``lookup_in_fp32`` looks the tokens up in an fp32 copy of a half-precision table and casts the output
+    back, so that the backward sums each row's gradient in fp32 before it is rounded to the table's dtype.
     """
 
     def __init__(
@@ -181,9 +183,11 @@ class VocabParallelEmbedding(nn.Module):
         context: ParallelContext,
         std: float,
         generator: torch.Generator | None = None,
+        lookup_in_fp32: bool = False,
     ):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.lookup_in_fp32 = lookup_in_fp32
         self.group = context.tensor_group
         self.vocab_shard = context.tensor_shard(num_embeddings, "VocabParallelEmbedding num_embeddings")
         shape = (num_embeddings, embedding_dim)
@@ -193,7 +197,11 @@ class VocabParallelEmbedding(nn.Module):
         start, stop = self.vocab_shard.start, self.vocab_shard.stop
         outside = (tokens < start) | (tokens >= stop)
         local = (tokens - start).masked_fill(outside, 0)
-        output = F.embedding(local, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)
+        if self.lookup_in_fp32:
+            output = F.embedding(local, self.weight.float()).to(self.weight.dtype)
+        else:
+            output = F.embedding(local, self.weight)
+        output = output.masked_fill(outside.unsqueeze(-1), 0.0)
         return reduce_from_tensor_parallel_region(output, self.group)
 
     def extra_repr(self) -> str:

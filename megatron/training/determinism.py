@@ -8,6 +8,9 @@ therefore
   before the model is built);
 - calls ``torch.use_deterministic_algorithms(True)``, which also makes SDPA's flash backward take its
   deterministic path, and errors on any op that has no deterministic kernel rather than differing silently;
+  but not its filling of every new ``torch.empty`` tensor with NaN (``fill_uninitialized_memory``): that
+  only matters to code that reads memory before writing it, which the bitwise checks of
+  ``bench/determinism.py`` would catch, and it costs a kernel per allocation;
 - leaves SDPA its flash and math kernels only (cuDNN's and the memory-efficient attention have no
   deterministic backward);
 - sets cuDNN deterministic, without autotuning;
@@ -33,6 +36,7 @@ CUBLAS_WORKSPACE = ":4096:8"
 NCCL_ALGORITHMS = "^NVLS"
 # SDPA's kernels that stay on (bench/determinism.py measures the others against them).
 SDPA_KERNELS = ("flash", "math")
+FILL_UNINITIALIZED_MEMORY = False
 _SDPA_SWITCHES = {
     "flash": torch.backends.cuda.enable_flash_sdp,
     "math": torch.backends.cuda.enable_math_sdp,
@@ -49,6 +53,7 @@ def apply_deterministic_mode(enabled: bool) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     os.environ.setdefault("NCCL_ALGO", NCCL_ALGORITHMS)
     torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = FILL_UNINITIALIZED_MEMORY
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     for kernel, switch in _SDPA_SWITCHES.items():

@@ -90,8 +90,11 @@ class ExitSignals:
                 return
             if not data:
                 return
+            # The socket carries every signal that has a Python handler, also those of other code (an
+            # asyncio child watcher's or torch.compile's workers' SIGCHLD): only ours stop the run.
             for signum in data:
-                self._arrived(signum)
+                if signum in HANDLED_SIGNALS:
+                    self._arrived(signum)
 
     def _arrived(self, signum: int) -> None:
         name = signal.Signals(signum).name

@@ -305,6 +305,27 @@ def test_size_one_embedding_and_cross_entropy_equal_torch(no_collectives):
     assert_equal(logits.grad, reference["logits_grad"], "logits grad")
 
 
+def test_embedding_lookup_in_fp32_sums_a_bf16_tables_gradient_in_fp32(no_collectives):
+    """--embedding-weights-in-fp32: a token seen many times gets its gradient summed in fp32 and rounded
+    once (the bf16 lookup's backward rounds as it sums, and differs)."""
+    torch.manual_seed(WEIGHT_SEED)
+    repeated = torch.zeros(4096, dtype=torch.long)
+    repeated[::3] = 1
+    output_grad = torch.randn(4096, HIDDEN).bfloat16()
+    summed_in_fp32 = torch.zeros(VOCAB, HIDDEN).index_add_(0, repeated, output_grad.float()).bfloat16()
+    gradients = {}
+    for lookup_in_fp32 in (False, True):
+        embedding = VocabParallelEmbedding(VOCAB, HIDDEN, no_collectives, STD, lookup_in_fp32=lookup_in_fp32)
+        embedding.bfloat16()
+        output = embedding(repeated)
+        assert output.dtype == torch.bfloat16
+        assert torch.equal(output, embedding.weight.detach()[repeated])
+        output.backward(output_grad)
+        gradients[lookup_in_fp32] = embedding.weight.grad
+    assert torch.equal(gradients[True], summed_in_fp32)
+    assert not torch.equal(gradients[False], summed_in_fp32)
+
+
 def test_cross_entropy_keeps_the_logits_dtype_for_the_gradient(no_collectives):
     logits = (full_tensor(6, BATCH, SEQ, VOCAB) * 3.0).bfloat16().requires_grad_()
     losses = vocab_parallel_cross_entropy(logits, tokens(5), no_collectives)

@@ -17,6 +17,8 @@ from tests.launch import run_pretrain, tiny_model_flags, write_ds_config
 def test_the_flag_is_read_and_off_by_default(tmp_path):
     assert not build(tmp_path).kernels.deterministic
     assert build(tmp_path, {"--deterministic-mode": True}).kernels.deterministic
+    assert not build(tmp_path).model.embedding_weights_in_fp32
+    assert build(tmp_path, {"--embedding-weights-in-fp32": True}).model.embedding_weights_in_fp32
 
 
 def test_fp8_is_refused_in_one_line_naming_both_flags(tmp_path):
@@ -35,8 +37,10 @@ def test_applying_the_mode_switches_torch_and_sdpa(monkeypatch):
         assert not torch.backends.cuda.cudnn_sdp_enabled()
         assert not torch.backends.cuda.mem_efficient_sdp_enabled()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert not torch.utils.deterministic.fill_uninitialized_memory
     finally:
         torch.use_deterministic_algorithms(False)
+        torch.utils.deterministic.fill_uninitialized_memory = True
         torch.backends.cuda.enable_flash_sdp(flash)
         torch.backends.cuda.enable_cudnn_sdp(cudnn)
         torch.backends.cuda.enable_mem_efficient_sdp(efficient)

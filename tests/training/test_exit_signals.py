@@ -107,6 +107,25 @@ def test_handlers_and_wakeup_fd_are_put_back():
         assert signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]
 
 
+def test_signals_other_code_handles_do_not_stop_the_run():
+    """torch.compile's worker processes end while training runs, and a Python SIGCHLD handler (as
+    asyncio's child watcher installs) makes their SIGCHLD reach the wakeup socket too: it must not count."""
+    with ExitSignals() as signals:
+        previous = signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        try:
+            subprocess.run([sys.executable, "-c", "pass"], check=True)
+            os.kill(os.getpid(), signal.SIGCHLD)
+            time.sleep(0.2)
+            assert signals.received is None
+            os.kill(os.getpid(), signal.SIGUSR1)
+            deadline = time.monotonic() + 5
+            while signals.received is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert signals.received == "SIGUSR1"
+        finally:
+            signal.signal(signal.SIGCHLD, previous)
+
+
 def test_a_signal_repeated_at_once_is_one_and_a_later_one_ends_the_process():
     """The terminal's Ctrl-C plus the launcher's forwarded SIGTERM count once; a signal after that window
     ends the process while its main thread is blocked in C and never returns to Python (as a rank waiting
