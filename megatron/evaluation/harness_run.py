@@ -63,6 +63,11 @@ def add_harness_flags(parser: argparse.ArgumentParser) -> None:
         "much context as fits; default --seq-length (the harness's windows, without overlap)",
     )  # fmt: skip
     group.add_argument(
+        "--log_samples",
+        action="store_true",
+        help="also write every document's prompt, responses and scores to the results JSON (its 'samples')",
+    )
+    group.add_argument(
         "--bootstrap_iters", type=int, default=100000,
         help="bootstrap resamples for the standard errors of metrics without a closed form (0: none)",
     )  # fmt: skip
@@ -124,7 +129,7 @@ def harness_lengths(args: argparse.Namespace, positions: int) -> tuple[int, int]
 
 def run_harness(args: argparse.Namespace) -> dict | None:
     """Run the tasks and return the harness's results on rank 0 (None on the other ranks), which rank 0
-    also writes to ``--results_path`` (without the per-document samples)."""
+    also writes to ``--results_path`` (with the per-document samples under --log_samples)."""
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager
@@ -153,7 +158,7 @@ def run_harness(args: argparse.Namespace) -> dict | None:
         batch_size=model.batch_size,
         limit=limit,
         bootstrap_iters=args.bootstrap_iters,
-        log_samples=False,
+        log_samples=args.log_samples,
         task_manager=task_manager,
     )
     if dist.get_rank() != 0:
