@@ -140,9 +140,12 @@ class HarnessModel(TemplateLM):
         return results
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
-        windows = [
+        windows = [  # the prefix id is the text's bos: a tokenizer's own is not added twice
             rolling_samples(
-                self.tok_encode(string), self.prefix_token_id, self.max_length, self.rolling_stride
+                self.tok_encode(string, add_special_tokens=False),
+                self.prefix_token_id,
+                self.max_length,
+                self.rolling_stride,
             )
             for (string,) in (request.args for request in requests)
         ]

@@ -137,6 +137,29 @@ def test_rolling_windows_score_every_token_once(stride):
     assert all(len(window.tokens) == 17 for window in windows[1:])  # after the first, full context
 
 
+def test_a_tokenizer_that_adds_bos_gets_it_once(sentencepiece_model):
+    """Llama2Tokenizer starts every text with bos: contexts keep it, as in training; a rolling text and a
+    continuation without context are conditioned on it once."""
+    from megatron.data.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer("Llama2Tokenizer", None, None, sentencepiece_model)
+    model = GPTModel(dataclasses.replace(TINY_GPT, padded_vocab_size=1024), seed=3).eval()
+    adapter = HarnessModel(ModelTextGenerator(model, tokenizer))
+    text = "In the beginning God created the heaven and the earth."
+    ids = tokenizer.tokenize(text, bos=False)
+    assert adapter.prefix_token_id == tokenizer.bos and adapter.tok_encode(text) == [tokenizer.bos, *ids]
+    assert adapter.tok_encode(text, add_special_tokens=False) == ids
+    with torch.no_grad():
+        logits = model(torch.tensor([[tokenizer.bos, *ids[:-1]]]))[0, :, : tokenizer.vocab_size]
+    expected = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(ids)[:, None]).sum().item()
+    assert adapter.loglikelihood_rolling(instances("loglikelihood_rolling", [(text,)]))[0] == pytest.approx(
+        expected, rel=1e-5
+    )
+    assert adapter.loglikelihood(instances("loglikelihood", [("", text)]))[0][0] == pytest.approx(
+        expected, rel=1e-5
+    )
+
+
 def test_generate_until_equals_hflm(models):
     adapter, reference, _ = models
     prompts = ["In the beginning God", "And the earth was", " ".join(LAMBADA)]  # the last one cut to fit
