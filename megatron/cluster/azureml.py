@@ -88,7 +88,7 @@ class TrainingSpec:
     extra_flags: tuple[str, ...] = field(default_factory=tuple)
 
 
-def environment(cluster: ClusterSpec) -> Environment:
+def environment(cluster: ClusterSpec) -> Environment | str:
     if cluster.image is None:
         return Environment(build=BuildContext(path=str(DOCKERFILE_DIR)))  # anonymous: registered by content
     if cluster.image.startswith("azureml:"):
