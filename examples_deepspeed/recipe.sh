@@ -21,6 +21,11 @@ EVAL_INTERVAL=${EVAL_INTERVAL:-1000}
 EVAL_ITERS=${EVAL_ITERS:-10}
 SAVE_INTERVAL=${SAVE_INTERVAL:-1000}
 HOSTFILE=${HOSTFILE:-/job/hostfile}
+if [ "$NNODES" -gt 1 ] && [ "$DRY_RUN" != 1 ] && [ ! -f "$HOSTFILE" ]; then  # before any preprocessing
+  echo "error: NNODES=$NNODES needs DeepSpeed's hostfile: HOSTFILE=$HOSTFILE does not exist. Write one" \
+    "line \"host slots=$GPUS_PER_NODE\" per node there, or set NNODES=1 (and a layout that fits one node)." >&2
+  exit 1
+fi
 mkdir -p "$OUTPUT_DIR/checkpoint" "$OUTPUT_DIR/tensorboard" "$OUTPUT_DIR/logs"
 
 case "$TOKENIZER_TYPE" in
@@ -97,11 +102,6 @@ launcher=(deepspeed --num_gpus "$GPUS_PER_NODE" --master_port "$MASTER_PORT")
 if [ "$NNODES" -gt 1 ]; then
   launcher=(deepspeed --hostfile "$HOSTFILE" --num_nodes "$NNODES" --num_gpus "$GPUS_PER_NODE"
             --master_port "$MASTER_PORT")
-  if [ "$DRY_RUN" != 1 ] && [ ! -f "$HOSTFILE" ]; then
-    echo "error: NNODES=$NNODES needs DeepSpeed's hostfile: HOSTFILE=$HOSTFILE does not exist. Write one" \
-      "line \"host slots=$GPUS_PER_NODE\" per node there, or set NNODES=1 (and a layout that fits one node)." >&2
-    exit 1
-  fi
 fi
 command=("${launcher[@]}" "$ENTRY_POINT" "${model_flags[@]}" "${arch_flags[@]}" "${parallel_flags[@]}"
          "${training_flags[@]}" "$@")

@@ -224,6 +224,7 @@ def evaluate_argv(preset: Preset, task: str) -> list[str]:
     argv = ["--task", task, "--valid-data", f"${{{{inputs.eval_data}}}}/{EVAL_FILES[task]}"]
     argv += ["--load", "${{inputs.checkpoints}}", "--micro-batch-size", "8"]
     argv += tokenizer_flags(preset, "${{inputs.tokenizer}}")
+    argv += ["--tensor-model-parallel-size", str(preset.layout.tensor_parallel)]
     return argv + (["--overlapping-eval", "32"] if task == "WIKITEXT103" else ["--strict-lambada"])
 
 
@@ -240,8 +241,8 @@ def pipeline_job(
     cpu_compute: str | None = None,
 ) -> PipelineJob:
     """preprocess_data (JSON lines -> .bin/.idx) -> pretrain -> convert to HF and evaluate (tasks/main.py,
-    on the training checkpoint, beside the conversion). ``cpu_compute`` runs the single-process steps
-    (default: the training cluster, one instance)."""
+    on the training checkpoint, beside the conversion, T processes on one node of the training cluster).
+    ``cpu_compute`` runs preprocessing and conversion (default: the training cluster, one instance)."""
     if preset.shape.family == "bert":
         raise ValueError(
             f"--preset {preset.name}: the pipeline's evaluation tasks are GPT's; use a GPT preset."
@@ -262,8 +263,11 @@ def pipeline_job(
         command=_command_line("tools/convert_checkpoint_to_hf.py", convert_argv(preset)),
         inputs={"checkpoints": Input(type="uri_folder")}, outputs={"hf_model": Output(type="uri_folder")},
     )  # fmt: skip
+    # On one GPU node, the model split over T processes as in training (AzureML starts them).
+    tensor = preset.layout.tensor_parallel
     evaluate = command(
-        name="evaluate", display_name=f"evaluate {task}", **single, shm_size=cluster.shm_size,
+        name="evaluate", display_name=f"evaluate {task}", code=code, environment=env, compute=cluster.compute,
+        shm_size=cluster.shm_size, distribution=PyTorchDistribution(process_count_per_instance=tensor),
         command=_command_line("tasks/main.py", evaluate_argv(preset, task)),
         inputs={k: Input(type="uri_folder") for k in ("checkpoints", "tokenizer", "eval_data")},
     )  # fmt: skip

@@ -110,10 +110,11 @@ def test_pretrain_command_passes_config_validation_at_the_job_world_size(tmp_pat
     assert round_trip(node._to_job(), tmp_path)["environment"]["image"] == cluster.image
 
 
-def test_pipeline_validates_round_trips_and_every_step_parses(tmp_path):
-    preset = get_preset("gpt-125m")
+@pytest.mark.parametrize(("name", "distribution"), [("gpt-125m", "mpi"), ("llama2-13b", "pytorch")])
+def test_pipeline_validates_round_trips_and_every_step_parses(name, distribution, tmp_path):
+    preset = get_preset(name)
     ds_config = azureml.write_ds_config(preset, "bf16", tmp_path / "ds")
-    cluster = azureml.ClusterSpec("gpu", distribution="mpi")
+    cluster = azureml.ClusterSpec("gpu", preset.layout.nodes, distribution=distribution, image="img:1")
     pipeline = azureml.pipeline_job(
         preset, cluster, azureml.TrainingSpec(), CORPUS, "corpus.jsonl", TOKENIZER, EVAL, ds_config
     )
@@ -136,7 +137,11 @@ def test_pipeline_validates_round_trips_and_every_step_parses(tmp_path):
     assert script == "tools/convert_checkpoint_to_hf.py"
     assert convert_checkpoint_to_hf.parse_args(argv).vocab_size == preset.shape.vocab_size
     script, *argv = commands["evaluate"]
-    assert script == "tasks/main.py" and parse_args(argv, add_task_flags).task == "WIKITEXT103"
+    evaluation = parse_args(argv, add_task_flags)
+    assert script == "tasks/main.py" and evaluation.task == "WIKITEXT103"
+    tensor = preset.layout.tensor_parallel
+    assert evaluation.tensor_model_parallel_size == tensor
+    assert jobs["evaluate"]["distribution"]["process_count_per_instance"] == tensor
 
 
 def test_bad_layouts_fail_before_a_job_exists(ds_config):

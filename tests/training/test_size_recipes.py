@@ -88,6 +88,16 @@ def test_dry_run_follows_the_environment(tmp_path):
     assert (config.model.num_layers, config.parallel.tensor_model_parallel_size) == (2, 4)
 
 
+def test_several_nodes_without_a_hostfile_are_refused_before_anything_runs(tmp_path):
+    env = {**os.environ, "SKIP_INSTALL": "1", "OUTPUT_DIR": str(tmp_path), "HOSTFILE": str(tmp_path / "none")}
+    completed = subprocess.run(
+        ["bash", "examples_deepspeed/ds_pretrain_gpt_13B.sh"], cwd=REPO_ROOT, env=env, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert completed.returncode == 1 and "NNODES=8 needs DeepSpeed's hostfile" in completed.stderr
+    assert not (tmp_path / "ds_config.json").exists()
+
+
 @pytest.mark.slow
 def test_llama2_recipe_trains_on_cpu(tmp_path):
     """The LLaMA-2 7B recipe shrunk to 2 layers on 2 CPU processes (T=2), 3 iterations, bundled corpus."""
