@@ -11,7 +11,10 @@ import subprocess
 
 import pytest
 import torch
+import transformers
 
+from megatron.checkpointing.hf_gpt2 import gpt2_config
+from megatron.checkpointing.hf_llama import llama_config
 from megatron.config.arguments import parse_args
 from megatron.config.build import build_config
 from megatron.config.presets import PRESETS, Preset, get_preset, main
@@ -89,3 +92,27 @@ def test_cli_prints_the_flags_and_recipe_variables(capsys):
     assert shell.stdout.split() == ["8", "2"]  # the environment overrides the preset
     assert main(["--list"]) == 0
     assert len(re.findall(r"node\(s\)", capsys.readouterr().out)) == len(PRESETS)
+
+
+def test_llama2_7b_is_transformers_default_llama(tmp_path):
+    """transformers' LlamaConfig defaults are LLaMA-2 7B's shape; the preset's exported config has it."""
+    model = preset_config(get_preset("llama2-7b"), tmp_path, get_preset("llama2-7b").model_flags(), 1).model
+    exported, default = llama_config(model, 32000), transformers.LlamaConfig()
+    fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    assert {f: getattr(exported, f) for f in fields} == {f: getattr(default, f) for f in fields}
+    assert exported.num_key_value_heads == default.num_key_value_heads
+
+
+@pytest.mark.parametrize("name", ["gpt-1.3b", "gpt-13b", "llama2-13b", "llama2-70b"])
+def test_preset_has_the_parameters_of_its_huggingface_export(name, tmp_path):
+    """Our modules and HF's GPT2LMHeadModel / LlamaForCausalLM of the exported config, both on the meta
+    device, hold the same number of parameters (GPT-2 at the padded vocabulary, which export keeps)."""
+    preset = get_preset(name)
+    model = preset_config(preset, tmp_path, preset.model_flags(), 1).model
+    with torch.device("meta"):
+        ours = sum(p.numel() for p in GPTModel(model).parameters())
+        if preset.shape.family == "llama":
+            hf = transformers.LlamaForCausalLM(llama_config(model, model.padded_vocab_size))
+        else:
+            hf = transformers.GPT2LMHeadModel(gpt2_config(model, model.padded_vocab_size))
+    assert sum(p.numel() for p in hf.parameters()) == ours
