@@ -150,13 +150,19 @@ class Preset:
         return flags
 
 
-def _gpt(name, layers, hidden, heads, lr, init_std, layout) -> Preset:
+def _gpt(
+    name: str, layers: int, hidden: int, heads: int, lr: float, init_std: float, layout: Layout
+) -> Preset:
+    """GPT-3: 2048 tokens, cosine decay to 10% of the peak learning rate."""
     return Preset(name, Shape("gpt", layers, hidden, heads, 2048), layout, lr, lr / 10, init_std)
 
 
-def _llama(name, layers, hidden, heads, ffn, kv_heads, layout) -> Preset:
+def _llama(
+    name: str, layers: int, hidden: int, heads: int, ffn: int, kv_heads: int | None, lr: float, layout: Layout
+) -> Preset:
+    """LLaMA-2: 4096 tokens, cosine decay to 10% of the peak learning rate."""
     shape = Shape("llama", layers, hidden, heads, 4096, ffn_hidden_size=ffn, num_key_value_heads=kv_heads)
-    return Preset(name, shape, layout, 3e-4 if hidden < 8192 else 1.5e-4, 3e-5 if hidden < 8192 else 1.5e-5)
+    return Preset(name, shape, layout, lr, lr / 10)
 
 
 # Layouts: the model fits 80 GB with ZeRO-1 and activation recomputation; T stays within a node (NVLink),
@@ -171,9 +177,9 @@ PRESETS: dict[str, Preset] = {
         _gpt("gpt-6.7b", 32, 4096, 32, 1.2e-4, 0.009, Layout(2, 1, 1, 4, 1024, 4)),
         _gpt("gpt-13b", 40, 5120, 40, 1e-4, 0.008, Layout(4, 1, 1, 2, 1024, 8)),
         _gpt("gpt-175b", 96, 12288, 96, 0.6e-4, 0.005, Layout(8, 16, 1, 1, 1536, 128)),
-        _llama("llama2-7b", 32, 4096, 32, 11008, None, Layout(2, 1, 1, 2, 1024, 4)),
-        _llama("llama2-13b", 40, 5120, 40, 13824, None, Layout(4, 1, 1, 2, 1024, 8)),
-        _llama("llama2-70b", 80, 8192, 64, 28672, 8, Layout(8, 4, 1, 1, 1024, 32)),
+        _llama("llama2-7b", 32, 4096, 32, 11008, None, 3e-4, Layout(2, 1, 1, 2, 1024, 4)),
+        _llama("llama2-13b", 40, 5120, 40, 13824, None, 3e-4, Layout(4, 1, 1, 2, 1024, 8)),
+        _llama("llama2-70b", 80, 8192, 64, 28672, 8, 1.5e-4, Layout(8, 4, 1, 1, 1024, 32)),
         Preset("bert-base", Shape("bert", 12, 768, 12, 512), Layout(1, 1, 1, 32, 256, 1), 1e-4, 1e-5),
         Preset("bert-large", Shape("bert", 24, 1024, 16, 512), Layout(1, 1, 1, 32, 256, 1), 1e-4, 1e-5),
         # 128 experts in every second layer, 2 per GPU: expert parallelism over 64 data-parallel ranks.
