@@ -180,3 +180,18 @@ def test_submit_dry_run_writes_loadable_yaml(pipeline, tmp_path, capsys):
 def test_legacy_v1_without_its_extra_names_the_extra():
     with pytest.raises(ImportError, match=r"megatron-ds\[azureml-v1\]"):
         import megatron.cluster.azureml_v1  # noqa: F401
+
+
+def test_install_check_knows_the_azureml_extras():
+    """tools/check_install.py (which decides whether install.sh runs pip) reads the extras from
+    pyproject.toml: the test extra's azure-ai-ml counts, and the legacy extra's azureml-core when asked."""
+    spec = importlib.util.spec_from_file_location("check_install", REPO_ROOT / "tools" / "check_install.py")
+    check_install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_install)
+    import tomllib
+
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(line.startswith("azure-ai-ml") for line in extras["test"])  # what CI installs
+    assert not any("azure-ai-ml" in line for line in check_install.unmet_requirements(["test", "azureml"]))
+    if importlib.util.find_spec("azureml") is None:
+        assert any("azureml-core" in line for line in check_install.unmet_requirements(["azureml-v1"]))
