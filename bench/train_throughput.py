@@ -13,7 +13,8 @@ Two modes, launched like training (``deepspeed --num_gpus N bench/train_throughp
   hold compilation) and then times the synthetic step on the same engine, with the same dropout and
   accumulation, so that the two compare directly.
 
-``--model`` picks a shape (small: 125M, medium: 350M, large: 1.3B GPTs; tinyllama: TinyLlama-1.1B, LLaMA-style
+``--model`` picks a shape (small: 125M, medium: 350M, large: 1.3B GPTs, the layers and widths of the
+presets gpt-125m, gpt-350m, gpt-1.3b; tinyllama: TinyLlama-1.1B, LLaMA-style
 with grouped-query attention); every other flag is a ``pretrain_gpt.py``
 flag and overrides the defaults below (``--attention-dropout 0 --hidden-dropout 0`` turns dropout off,
 ``--global-batch-size`` sets the accumulation). Prints one ``RESULT`` line on rank 0. MFU is against
@@ -47,6 +48,7 @@ from bench.profile_gaps import profile_steps  # noqa: E402
 from bench.timing import median_step_seconds  # noqa: E402
 from megatron.config.arguments import parse_args  # noqa: E402
 from megatron.config.build import build_config, world_size_from_env  # noqa: E402
+from megatron.config.presets import get_preset  # noqa: E402
 from megatron.config.schema import Config  # noqa: E402
 from megatron.parallel.context import ParallelContext, parallel_context_for  # noqa: E402
 from megatron.training.distributed import initialize_distributed, shutdown_distributed  # noqa: E402
@@ -64,10 +66,22 @@ LLAMA_FLAGS = [
     "--position-embedding-type", "rope", "--swiglu", "--normalization", "rmsnorm", "--disable-bias-linear",
     "--untie-embeddings-and-output-weights", "--num-key-value-heads", "4", "--ffn-hidden-size", "5632",
 ]  # fmt: skip
+
+
+def _preset_shape(name: str, seq: int, micro: int) -> dict:
+    """A GPT preset's layers, width and heads (megatron/config/presets.py), at the peers' sequence length
+    and micro batch."""
+    shape = get_preset(name).shape
+    return dict(
+        layers=shape.num_layers, hidden=shape.hidden_size, heads=shape.num_attention_heads, seq=seq,
+        micro=micro, **GPT_VOCAB,
+    )  # fmt: skip
+
+
 SHAPES = {
-    "small": dict(layers=12, hidden=768, heads=12, seq=1024, micro=16, **GPT_VOCAB),
-    "medium": dict(layers=24, hidden=1024, heads=16, seq=1024, micro=16, **GPT_VOCAB),
-    "large": dict(layers=24, hidden=2048, heads=16, seq=2048, micro=8, **GPT_VOCAB),
+    "small": _preset_shape("gpt-125m", seq=1024, micro=16),
+    "medium": _preset_shape("gpt-350m", seq=1024, micro=16),
+    "large": _preset_shape("gpt-1.3b", seq=2048, micro=8),
     "tinyllama": dict(
         layers=22,
         hidden=2048,

@@ -1,9 +1,10 @@
 # Sourced by the example scripts (from the repository root): installs what is missing (nothing when all is
 # in place), picks the launcher's rendezvous port, preprocesses the bundled corpus once and defines
 # launch_checked (examples_deepspeed/launch_checked.sh), through which every script runs its launcher.
-#   MASTER_PORT  the port of the launcher's rendezvous (default: one that is free now)
+#   MASTER_PORT   the port of the launcher's rendezvous (default: one that is free now)
+#   SKIP_INSTALL  1: use the Python environment as it is, e.g. a cluster image with the toolkit installed
 source examples_deepspeed/launch_checked.sh
-bash tools/install.sh
+[ "${SKIP_INSTALL:-0}" = 1 ] || bash tools/install.sh
 MASTER_PORT=${MASTER_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 
 GPT_DATA_PREFIX=data/processed/kjv

@@ -4,27 +4,30 @@
 # --lr-decay-tokens), tensor x pipeline parallelism, ZeRO 1, fp16 from a ds_config template, activation
 # recomputation and its tensorboard logging. The other GPT-3 sizes are in the comments, as there. Its
 # defaults run a few iterations of a small model on the bundled corpus (set the variables for a real run);
-# PRECISION=bf16 uses the bf16 template instead, for machines without fp16 kernels.
+# PRECISION=bf16 uses the bf16 template instead, for machines without fp16 kernels. The shape, batch and LR
+# are the gpt-125m preset's (megatron/config/presets.py, which has the other sizes; each size has its
+# recipe, ds_pretrain_gpt_350M.sh ... ds_pretrain_gpt_175B.sh). DRY_RUN=1 writes the ds_config and prints
+# the command without launching it; HOSTFILE (DeepSpeed's) launches on its nodes.
 set -euo pipefail
 dir=$(cd "$(dirname "$0")/.." && pwd)
 cd "$dir"
+DRY_RUN=${DRY_RUN:-0}
+[ "$DRY_RUN" = 1 ] && SKIP_INSTALL=1
 source examples_deepspeed/common.sh
-preprocess_gpt_corpus
+[ "$DRY_RUN" = 1 ] || preprocess_gpt_corpus
+eval "$(python3 -m megatron.config.presets gpt-125m --shell)"
 ###############################################################################
 ### Main configs
-seq_len=${SEQ_LEN:-2048}
+seq_len=${SEQ_LEN}
 ## GPT-3 Small 125M
 model_size=0.125
-num_layers=${NUM_LAYERS:-12}
-hidden_size=${HIDDEN_SIZE:-768}
-num_attn_heads=${NUM_ATTN_HEADS:-12}
-global_batch_size=${GLOBAL_BATCH_SIZE:-256}
-lr=6.0e-4
+num_layers=${NUM_LAYERS}
+hidden_size=${HIDDEN_SIZE}
+num_attn_heads=${NUM_ATTN_HEADS}
+global_batch_size=${GLOBAL_BATCH_SIZE:-$GLOBAL_BATCH}
+lr=${LR}
 min_lr=1.0e-6
-init_std=0.02
-## GPT-3 Medium 350M: num_layers=24 hidden_size=1024 num_attn_heads=16 global_batch_size=256 lr=3.0e-4
-##   init_std=0.018; 1.3B: 24 2048 16 512 2.0e-4 0.013; 2.7B: 32 2560 32 512 1.6e-4 0.011;
-##   6.7B: 32 4096 32 1024 1.2e-4 0.009; 13B: 40 5120 40 1024 1.0e-4 0.008; 175B: 96 12288 96 1536 0.6e-4 0.005
+init_std=${INIT_STD}
 ###############################################################################
 ### Training duration configs
 ## The main termination condition, original GPT-3 paper trains for 300B tokens.
@@ -149,6 +152,13 @@ deepspeed_options="${deepspeed_options} \
     --no-pipeline-parallel"
 fi
 
+launcher="deepspeed --num_gpus $num_gpus --master_port $MASTER_PORT"
+[ -n "${HOSTFILE:-}" ] && launcher="deepspeed --hostfile $HOSTFILE --num_gpus $num_gpus --master_port $MASTER_PORT"
+if [ "$DRY_RUN" = 1 ]; then
+  echo "ds_config: $config_json"
+  # shellcheck disable=SC2086  # the option strings split into words on purpose
+  echo $launcher ${dir}/pretrain_gpt.py ${megatron_options} ${data_options} ${deepspeed_options}
+  exit 0
+fi
 # shellcheck disable=SC2086  # the option strings split into words on purpose
-launch_checked deepspeed --num_gpus "$num_gpus" --master_port "$MASTER_PORT" ${dir}/pretrain_gpt.py ${megatron_options} \
-    ${data_options} ${deepspeed_options}
+launch_checked $launcher ${dir}/pretrain_gpt.py ${megatron_options} ${data_options} ${deepspeed_options}
