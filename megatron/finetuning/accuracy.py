@@ -77,4 +77,4 @@ def evaluate_accuracy(
 
 
 def overall(results: list[Accuracy]) -> Accuracy:
-    return Accuracy("all sets", sum(r.correct for r in results), sum(r.total for r in results))
+    return Accuracy("overall", sum(r.correct for r in results), sum(r.total for r in results))

@@ -114,7 +114,7 @@ class Finetuning(Pretraining):
 
     def evaluate_only(self) -> None:
         """``--epochs 0``: the accuracy of the model as loaded, without training (Megatron-LM's meaning)."""
-        self._evaluate(f"iteration {self.state.iteration} (--epochs 0: no training)")
+        self._evaluate(f"iteration {self.state.iteration} (--epochs 0, no training)")
         self.metrics.close()
 
 
@@ -143,7 +143,12 @@ def _check_task_flags(args: argparse.Namespace) -> None:
 
 
 def _config(args: argparse.Namespace, vocab_size: int, train_iters: int) -> Config:
-    args = argparse.Namespace(**{**vars(args), "train_iters": train_iters})
+    """The run's config for ``train_iters``. ``--epochs 0`` evaluates the weights of ``--load`` only: its
+    optimizer state and LR schedule, made for another length, are not loaded."""
+    changes = {"train_iters": train_iters}
+    if args.epochs == 0:
+        changes["no_load_optim"] = True
+    args = argparse.Namespace(**{**vars(args), **changes})
     config = build_config(args, world_size_from_env(), vocab_size, model_type="bert", needs_corpus=False)
     if config.parallel.pipeline_model_parallel_size > 1:
         raise ConfigError(
