@@ -10,6 +10,7 @@ import pytest
 
 from megatron.checkpointing.layout import read_full_model
 from megatron.config.schema import ModelConfig
+from megatron.data.tokenizer import build_tokenizer
 from tests.launch import BERT_VOCAB_FILE, run_pretrain, write_ds_config
 
 # The model every finetuning test uses: what the pretraining run below trains.
@@ -40,5 +41,7 @@ def pretrained_bert(sentence_data_prefix, tmp_path_factory) -> Pretrained:
         "--deepspeed_config", str(ds_config), "--save", str(folder / "ckpt"),
     ]  # fmt: skip
     run_pretrain(flags, launcher="python", script="pretrain_bert.py").check()
-    full = read_full_model(str(folder / "ckpt"))
-    return Pretrained(folder / "ckpt", full.model_config(), vocab_size=8002)
+    tokenizer = build_tokenizer("BertWordPieceLowerCase", str(BERT_VOCAB_FILE), None, None)
+    return Pretrained(
+        folder / "ckpt", read_full_model(str(folder / "ckpt")).model_config(), tokenizer.vocab_size
+    )
