@@ -131,24 +131,43 @@ def test_race_multiple_choice_end_to_end(pretrained_bert, tmp_path):
     assert found[("dev/middle", 12)][1] == 12 and found[("test/middle", 12)][1] == 8
 
 
+NO_DROPOUT = ["--attention-dropout", "0", "--hidden-dropout", "0"]
+
+
+def one_epoch(flags: list[str]) -> list[str]:
+    flags = flags + NO_DROPOUT
+    flags[flags.index("--epochs") + 1] = "1"
+    return flags
+
+
+@pytest.fixture(scope="module")
+def one_process(mnli, pretrained_bert, tmp_path_factory):
+    """One epoch with dropout off, one process accumulating two micro batches of 4."""
+    return run_tasks(one_epoch(finetune_flags(mnli, pretrained_bert, tmp_path_factory.mktemp("one"))))
+
+
 @pytest.mark.slow
-def test_zero2_on_two_ranks_equals_one_process(mnli, pretrained_bert, tmp_path):
-    """Dropout off, one epoch: data parallel over two ranks under ZeRO 2 (no accumulation) against one
-    process accumulating two micro batches."""
-    no_dropout = ["--attention-dropout", "0", "--hidden-dropout", "0"]
-    (tmp_path / "one").mkdir()
-    (tmp_path / "two").mkdir()
-    single = finetune_flags(mnli, pretrained_bert, tmp_path / "one") + no_dropout
-    single[single.index("--epochs") + 1] = "1"
-    reference = run_tasks(single)
-    double = finetune_flags(mnli, pretrained_bert, tmp_path / "two", zero_stage=2) + no_dropout
-    double[double.index("--epochs") + 1] = "1"
-    result = run_tasks(double, nproc=2)
-    assert "data-parallel size: 2, gradient accumulation steps: 1, ZeRO stage 2" in result.stdout
-    assert sorted(result.losses) == sorted(reference.losses) == list(range(1, 31))
-    for iteration, loss in reference.losses.items():
-        assert result.losses[iteration] == pytest.approx(loss, rel=1e-5, abs=1e-6), iteration
-    assert accuracies(result.stdout) == accuracies(reference.stdout)
+@pytest.mark.parametrize(
+    "layout, zero_stage, extra, expected",
+    [
+        ("ZeRO 2", 2, [], "data-parallel size: 2, gradient accumulation steps: 1, ZeRO stage 2"),
+        ("T=2", 1, ["--tensor-model-parallel-size", "2"], "tensor-parallel 2, pipeline 1"),
+    ],
+    ids=["zero2-data-parallel", "tensor-parallel"],
+)
+def test_two_ranks_equal_one_process(
+    one_process, mnli, pretrained_bert, tmp_path, layout, zero_stage, extra, expected
+):
+    """Data parallel under ZeRO 2 (no accumulation), and the model split over two tensor-parallel ranks
+    (the pretrained checkpoint split at load, its vocabulary padded for T=2), against one process."""
+    result = run_tasks(
+        one_epoch(finetune_flags(mnli, pretrained_bert, tmp_path, zero_stage)) + extra, nproc=2
+    )
+    assert expected in result.stdout
+    assert sorted(result.losses) == sorted(one_process.losses) == list(range(1, 31))
+    for iteration, loss in one_process.losses.items():
+        assert result.losses[iteration] == pytest.approx(loss, rel=1e-5, abs=1e-6), (layout, iteration)
+    assert accuracies(result.stdout) == accuracies(one_process.stdout)
 
 
 @pytest.mark.parametrize(
