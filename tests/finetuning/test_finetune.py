@@ -179,6 +179,7 @@ def test_two_ranks_equal_one_process(
         (lambda f: f.extend(["--pipeline-model-parallel-size", "2"]), "finetuning runs tensor and data"),
         (lambda f: f.extend(["--valid-data", "test_matched.tsv"]), "has no labels"),
     ],
+    ids=["no-epochs", "train-iters", "data-path", "pipeline", "unlabeled"],
 )
 def test_bad_finetuning_flags_are_refused_before_start(
     mnli, pretrained_bert, tmp_path, monkeypatch, change, message
