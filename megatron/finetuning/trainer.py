@@ -126,7 +126,7 @@ def _check_task_flags(args: argparse.Namespace) -> None:
         )
     if args.train_iters is not None or args.train_samples is not None:
         raise ConfigError(
-            "--train-iters / --train-samples with --task finetuning: the length is --epochs over "
+            f"--train-iters / --train-samples with --task {args.task}: the length is --epochs over "
             "--train-data; drop them."
         )
     corpus = [flag for flag in ("data_path", "train_data_path", "valid_data_path", "test_data_path")
