@@ -84,13 +84,19 @@ def pad_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int
 
 
 def build_config(
-    args: argparse.Namespace, world_size: int, vocab_size: int, model_type: str = "gpt"
+    args: argparse.Namespace,
+    world_size: int,
+    vocab_size: int,
+    model_type: str = "gpt",
+    needs_corpus: bool = True,
 ) -> Config:
     """Validate ``args`` (from ``parse_args``) with the ds_config it names and derive everything else.
 
     ``world_size`` is passed in (usually ``world_size_from_env()``) so this needs no process group, and
     ``vocab_size`` is the tokenizer's, before padding. ``model_type`` ("gpt", "bert", "t5") is the entry
     point's model family: BERT and T5 add their flags' settings (``Config.masked_lm``) and their rules.
+    ``needs_corpus`` False: the run reads no pretraining corpus (finetuning reads its task files), so
+    ``--data-path`` is not required.
     """
     args = resolve_sequence_flags(args, model_type)
     _check_required(args)
@@ -105,7 +111,7 @@ def build_config(
     recompute = recompute_config(args, model.num_layers, parallel.pipeline_model_parallel_size)
     duration = schedules.duration_config(args)
     lr_schedule = schedules.lr_schedule_config(args, duration)
-    data = data_config(args)
+    data = data_config(args, needs_corpus)
     checkpoint = checkpoint_config(args)
     moe = moe_config(args, model, parallel)
 

@@ -26,7 +26,7 @@ _TOKENIZER_FILES = {
 _SPLIT_PATH_FLAGS = ("--train-data-path", "--valid-data-path", "--test-data-path")
 
 
-def data_config(args: argparse.Namespace) -> DataConfig:
+def data_config(args: argparse.Namespace, needs_corpus: bool = True) -> DataConfig:
     for flag in _TOKENIZER_FILES[args.tokenizer_type]:
         if getattr(args, flag_dest(flag)) is None:
             needed = " and ".join(_TOKENIZER_FILES[args.tokenizer_type])
@@ -39,7 +39,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
     if args.num_workers < 0:
         raise ConfigError(f"--num-workers {args.num_workers}: must be >= 0.")
     _check_split(args.split)
-    split_paths = _split_paths(args)
+    split_paths = _split_paths(args, needs_corpus)
     return DataConfig(
         data_path=parse_data_path(args.data_path) if args.data_path is not None else (),
         split=args.split,
@@ -56,7 +56,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
     )
 
 
-def _split_paths(args: argparse.Namespace) -> dict[str, Blend]:
+def _split_paths(args: argparse.Namespace, needs_corpus: bool) -> dict[str, Blend]:
     """Megatron-DeepSpeed's --train-data-path, --valid-data-path and --test-data-path: a blend per split
     instead of --data-path divided by --split (the two ways exclude each other)."""
     given = {flag: getattr(args, flag_dest(flag)) for flag in _SPLIT_PATH_FLAGS}
@@ -66,7 +66,7 @@ def _split_paths(args: argparse.Namespace) -> dict[str, Blend]:
             f"--data-path with {', '.join(given)}: --data-path is divided by --split into training, "
             "validation and test data, the per-split flags give each split its own. Use one way or the other."
         )
-    if args.data_path is None and "--train-data-path" not in given:
+    if needs_corpus and args.data_path is None and "--train-data-path" not in given:
         others = f" ({', '.join(given)} alone has nothing to train on)" if given else ""
         raise ConfigError(
             f"missing required flag --data-path (or --train-data-path){others}. Add the training data."

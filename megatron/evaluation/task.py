@@ -25,12 +25,14 @@ ZEROSHOT_TASKS = ("WIKITEXT103", "LAMBADA")
 DEFAULT_OVERLAPPING_EVAL = 32
 
 
-def add_task_flags(parser: argparse.ArgumentParser) -> None:
+def add_task_flags(parser: argparse.ArgumentParser, tasks: tuple[str, ...] = ZEROSHOT_TASKS) -> None:
+    """The flags of ``tasks/main.py``; ``tasks``: the --task choices (the finetuning tasks add theirs)."""
     group = parser.add_argument_group("tasks (Megatron's tasks/main.py)")
-    group.add_argument("--task", required=True, choices=ZEROSHOT_TASKS, help="the evaluation to run")
+    group.add_argument("--task", required=True, choices=tasks, help="the task to run")
     group.add_argument(
         "--valid-data", nargs="*", default=None,
-        help="the evaluation file: WikiText's raw text (wiki.test.tokens) or LAMBADA's jsonl",
+        help="the evaluation file: WikiText's raw text (wiki.test.tokens) or LAMBADA's jsonl; finetuning: "
+        "the validation files (MNLI, QQP) or folders (RACE), each reported apart",
     )  # fmt: skip
     group.add_argument(
         "--overlapping-eval", type=int, default=DEFAULT_OVERLAPPING_EVAL,

@@ -225,9 +225,7 @@ class Pretraining:
                 self.interval_log.log(window, state, global_batch, target, seconds_per_iteration)
                 window = LogWindow(self.context.device)
                 self.nonfinite.check(state.iteration)
-            evaluate_now = (
-                self.valid_batches is not None and state.iteration % config.logging.eval_interval == 0
-            )
+            evaluate_now = self._evaluation_due()
             saved = self._save_due()
             if evaluate_now or saved:
                 # Left out of the interval's throughput, as Megatron leaves them out.
@@ -249,7 +247,7 @@ class Pretraining:
                 self.metrics.close()
                 return state
         self.nonfinite.check(state.iteration)
-        if self.valid_batches is not None and state.iteration % config.logging.eval_interval != 0:
+        if self._validates() and not self._evaluation_due():
             self._evaluate(f"the end of training (iteration {state.iteration})")
         if config.checkpoint.save and (
             config.checkpoint.save_interval is None or state.iteration % config.checkpoint.save_interval != 0
@@ -257,6 +255,15 @@ class Pretraining:
             self._save()
         self.metrics.close()
         return state
+
+    def _validates(self) -> bool:
+        """Whether the run has validation data (a finetuning run evaluates its own way, see
+        ``megatron.finetuning.trainer``)."""
+        return self.valid_batches is not None
+
+    def _evaluation_due(self) -> bool:
+        """Whether the iteration just done ends with an evaluation: every --eval-interval iterations."""
+        return self._validates() and self.state.iteration % self.config.logging.eval_interval == 0
 
     def _stop_on_signal(self, name: str, saved: bool) -> None:
         """Every rank gets here after the same iteration: judge it, save (unless this iteration's interval
