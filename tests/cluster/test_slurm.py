@@ -1,0 +1,94 @@
+"""examples_deepspeed/slurm/ on a real one-node SLURM cluster (tests/cluster/slurm_cluster.py), 2 tasks
+on CPU: a job trains and saves; a job sent the time-limit warning (USR1 to its batch shell) saves,
+requeues itself and, started again, resumes from that checkpoint with the same losses as the job that
+ran straight through."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.slurm_cluster import SlurmCluster
+from tests.launch import LOSS_PATTERN, REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+SLURM_EXAMPLES = REPO_ROOT / "examples_deepspeed" / "slurm"
+TRAIN_ITERS = 40
+STOPPED = re.compile(r"stopped on SIGUSR1 after iteration (\d+); checkpoint saved to")
+
+
+def job_env(data_prefix: str, checkpoints: Path) -> dict[str, str]:
+    """The tiny GPT of tests/launch.py through the scripts' variables, fp32 on CPU."""
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
+        "NUM_LAYERS": "2", "HIDDEN_SIZE": "64", "NUM_ATTN_HEADS": "4", "SEQ_LENGTH": "32",
+        "MICRO_BATCH_SIZE": "2", "GLOBAL_BATCH_SIZE": "8", "TRAIN_ITERS": str(TRAIN_ITERS),
+        "LR": "1e-3", "MIN_LR": "1e-4", "LR_WARMUP_ITERS": "2", "BF16": "0",
+        "DATA_PATH": data_prefix, "SPLIT": "90,10,0", "EVAL_ITERS": "2", "LOG_INTERVAL": "1",
+        "CHECKPOINT_PATH": str(checkpoints), "SAVE_INTERVAL": "1000",
+    }  # fmt: skip
+
+
+EXTRA_FLAGS = ["--attention-dropout", "0", "--hidden-dropout", "0", "--num-workers", "0", "--seed", "1234"]
+
+
+def submit(cluster: SlurmCluster, script: str, data_prefix: str, folder: Path, name: str) -> tuple[int, Path]:
+    log = folder / f"{name}.out"
+    options = [f"--job-name={name}", "--ntasks-per-node=2", f"--output={log}", "--time=00:10:00"]
+    job_id = cluster.sbatch(
+        SLURM_EXAMPLES / script, options, EXTRA_FLAGS, env=job_env(data_prefix, folder / name)
+    )
+    return job_id, log
+
+
+def wait_for_line(log: Path, pattern: str, timeout: float) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(pattern, log.read_text() if log.exists() else "")
+        if match:
+            return match
+        time.sleep(0.3)
+    raise AssertionError(f"no {pattern!r} in {log} after {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def losses(text: str) -> dict[int, str]:
+    return dict((int(iteration), loss) for iteration, loss in LOSS_PATTERN.findall(text))
+
+
+def test_srun_job_trains_and_resumes_after_the_time_limit_warning(slurm_cluster, gpt_data_prefix, tmp_path):
+    straight, straight_log = submit(slurm_cluster, "pretrain_gpt_srun.sbatch", gpt_data_prefix, tmp_path, "a")
+    warned, warned_log = submit(slurm_cluster, "pretrain_gpt_srun.sbatch", gpt_data_prefix, tmp_path, "b")
+
+    assert slurm_cluster.wait_state(straight, {"COMPLETED", "FAILED"}, timeout=180) == "COMPLETED"
+    reference = straight_log.read_text()
+    assert "2 rank(s), started by srun (SLURM_PROCID/SLURM_NTASKS)" in reference
+    assert sorted(losses(reference)) == list(range(1, TRAIN_ITERS + 1))
+    assert float(losses(reference)[TRAIN_ITERS]) < float(losses(reference)[1]) - 1
+    assert (tmp_path / "a" / "latest").read_text() == f"global_step{TRAIN_ITERS}"
+    assert len(list((tmp_path / "a" / f"global_step{TRAIN_ITERS}").glob("*optim_states.pt"))) == 2
+
+    wait_for_line(warned_log, r"iteration\s+3/", timeout=120)
+    slurm_cluster.command("scancel", "--signal=USR1", "--batch", str(warned))
+    wait_for_line(warned_log, "requeueing job", timeout=60)
+    first_part = warned_log.read_text()
+    stop = int(STOPPED.search(first_part).group(1))
+    assert stop < TRAIN_ITERS
+    assert "training step exited with status 4" in first_part
+    assert (tmp_path / "b" / "latest").read_text() == f"global_step{stop}"
+
+    # Slurm holds a requeued job back for a while (reason BeginTime): let it start now.
+    slurm_cluster.wait_state(warned, {"PENDING"}, timeout=60)
+    slurm_cluster.command("scontrol", "update", f"JobId={warned}", "StartTime=now")
+    assert slurm_cluster.wait_state(warned, {"COMPLETED", "FAILED"}, timeout=180) == "COMPLETED"
+    resumed = warned_log.read_text()[len(first_part) :]
+    assert "(restart 1)" in resumed
+    assert sorted(losses(resumed)) == list(range(stop + 1, TRAIN_ITERS + 1))
+    assert {**losses(first_part), **losses(resumed)} == losses(reference)
+    assert (tmp_path / "b" / "latest").read_text() == f"global_step{TRAIN_ITERS}"
