@@ -1,7 +1,7 @@
-"""examples_deepspeed/slurm/ on a real one-node SLURM cluster (tests/cluster/slurm_cluster.py), 2 tasks
-on CPU: a job trains and saves; a job sent the time-limit warning (USR1 to its batch shell) saves,
-requeues itself and, started again, resumes from that checkpoint with the same losses as the job that
-ran straight through."""
+"""examples_deepspeed/slurm/ on a real one-node SLURM cluster (tests/cluster/slurm_cluster.py), 2 ranks
+on CPU: the srun-direct job trains and saves; the same job sent the time-limit warning (USR1 to its
+batch shell) saves, requeues itself and, started again, resumes from that checkpoint with the losses of
+the job that ran straight through; the torchrun and deepspeed-launcher jobs train with those losses too."""
 
 from __future__ import annotations
 
@@ -32,16 +32,24 @@ def job_env(data_prefix: str, checkpoints: Path) -> dict[str, str]:
         "MICRO_BATCH_SIZE": "2", "GLOBAL_BATCH_SIZE": "8", "TRAIN_ITERS": str(TRAIN_ITERS),
         "LR": "1e-3", "MIN_LR": "1e-4", "LR_WARMUP_ITERS": "2", "BF16": "0",
         "DATA_PATH": data_prefix, "SPLIT": "90,10,0", "EVAL_ITERS": "2", "LOG_INTERVAL": "1",
-        "CHECKPOINT_PATH": str(checkpoints), "SAVE_INTERVAL": "1000",
+        "CHECKPOINT_PATH": str(checkpoints), "SAVE_INTERVAL": "1000", "GPUS_PER_NODE": "2",
     }  # fmt: skip
 
 
 EXTRA_FLAGS = ["--attention-dropout", "0", "--hidden-dropout", "0", "--num-workers", "0", "--seed", "1234"]
 
 
-def submit(cluster: SlurmCluster, script: str, data_prefix: str, folder: Path, name: str) -> tuple[int, Path]:
+def submit(
+    cluster: SlurmCluster,
+    script: str,
+    data_prefix: str,
+    folder: Path,
+    name: str,
+    tasks: tuple[str, ...] | list[str] = ("--ntasks-per-node=2",),
+) -> tuple[int, Path]:
+    """Submit one of the example scripts for the tiny GPT; its checkpoints go to ``folder/name``."""
     log = folder / f"{name}.out"
-    options = [f"--job-name={name}", "--ntasks-per-node=2", f"--output={log}", "--time=00:10:00"]
+    options = [f"--job-name={name}", *tasks, f"--output={log}", "--time=00:10:00"]
     job_id = cluster.sbatch(
         SLURM_EXAMPLES / script, options, EXTRA_FLAGS, env=job_env(data_prefix, folder / name)
     )
@@ -62,33 +70,58 @@ def losses(text: str) -> dict[int, str]:
     return dict((int(iteration), loss) for iteration, loss in LOSS_PATTERN.findall(text))
 
 
-def test_srun_job_trains_and_resumes_after_the_time_limit_warning(slurm_cluster, gpt_data_prefix, tmp_path):
-    straight, straight_log = submit(slurm_cluster, "pretrain_gpt_srun.sbatch", gpt_data_prefix, tmp_path, "a")
-    warned, warned_log = submit(slurm_cluster, "pretrain_gpt_srun.sbatch", gpt_data_prefix, tmp_path, "b")
+@pytest.fixture(scope="module")
+def straight_run(slurm_cluster, gpt_data_prefix, tmp_path_factory) -> dict[int, str]:
+    """The srun-direct job trained to the end without interruption: its losses, after checking its log
+    and checkpoint."""
+    folder = tmp_path_factory.mktemp("straight")
+    job, log = submit(slurm_cluster, "pretrain_gpt_srun.sbatch", gpt_data_prefix, folder, "straight")
+    assert slurm_cluster.wait_state(job, {"COMPLETED", "FAILED"}, timeout=180) == "COMPLETED", log.read_text()
+    text = log.read_text()
+    assert "2 rank(s), started by srun (SLURM_PROCID/SLURM_NTASKS)" in text
+    assert sorted(losses(text)) == list(range(1, TRAIN_ITERS + 1))
+    assert float(losses(text)[TRAIN_ITERS]) < float(losses(text)[1]) - 1
+    assert (folder / "straight" / "latest").read_text() == f"global_step{TRAIN_ITERS}"
+    assert len(list((folder / "straight" / f"global_step{TRAIN_ITERS}").glob("*optim_states.pt"))) == 2
+    return losses(text)
 
-    assert slurm_cluster.wait_state(straight, {"COMPLETED", "FAILED"}, timeout=180) == "COMPLETED"
-    reference = straight_log.read_text()
-    assert "2 rank(s), started by srun (SLURM_PROCID/SLURM_NTASKS)" in reference
-    assert sorted(losses(reference)) == list(range(1, TRAIN_ITERS + 1))
-    assert float(losses(reference)[TRAIN_ITERS]) < float(losses(reference)[1]) - 1
-    assert (tmp_path / "a" / "latest").read_text() == f"global_step{TRAIN_ITERS}"
-    assert len(list((tmp_path / "a" / f"global_step{TRAIN_ITERS}").glob("*optim_states.pt"))) == 2
 
-    wait_for_line(warned_log, r"iteration\s+3/", timeout=120)
-    slurm_cluster.command("scancel", "--signal=USR1", "--batch", str(warned))
-    wait_for_line(warned_log, "requeueing job", timeout=60)
-    first_part = warned_log.read_text()
+def test_srun_job_saves_on_the_time_limit_warning_requeues_and_resumes(
+    slurm_cluster, gpt_data_prefix, tmp_path, straight_run
+):
+    job, log = submit(slurm_cluster, "pretrain_gpt_srun.sbatch", gpt_data_prefix, tmp_path, "warned")
+    wait_for_line(log, r"iteration\s+3/", timeout=120)
+    slurm_cluster.command("scancel", "--signal=USR1", "--batch", str(job))
+    wait_for_line(log, "requeueing job", timeout=60)
+    first_part = log.read_text()
     stop = int(STOPPED.search(first_part).group(1))
     assert stop < TRAIN_ITERS
     assert "training step exited with status 4" in first_part
-    assert (tmp_path / "b" / "latest").read_text() == f"global_step{stop}"
+    assert (tmp_path / "warned" / "latest").read_text() == f"global_step{stop}"
 
     # Slurm holds a requeued job back for a while (reason BeginTime): let it start now.
-    slurm_cluster.wait_state(warned, {"PENDING"}, timeout=60)
-    slurm_cluster.command("scontrol", "update", f"JobId={warned}", "StartTime=now")
-    assert slurm_cluster.wait_state(warned, {"COMPLETED", "FAILED"}, timeout=180) == "COMPLETED"
-    resumed = warned_log.read_text()[len(first_part) :]
+    slurm_cluster.wait_state(job, {"PENDING"}, timeout=60)
+    slurm_cluster.command("scontrol", "update", f"JobId={job}", "StartTime=now")
+    assert slurm_cluster.wait_state(job, {"COMPLETED", "FAILED"}, timeout=180) == "COMPLETED"
+    resumed = log.read_text()[len(first_part) :]
     assert "(restart 1)" in resumed
     assert sorted(losses(resumed)) == list(range(stop + 1, TRAIN_ITERS + 1))
-    assert {**losses(first_part), **losses(resumed)} == losses(reference)
-    assert (tmp_path / "b" / "latest").read_text() == f"global_step{TRAIN_ITERS}"
+    assert {**losses(first_part), **losses(resumed)} == straight_run
+    assert (tmp_path / "warned" / "latest").read_text() == f"global_step{TRAIN_ITERS}"
+
+
+@pytest.mark.parametrize(
+    "script, options, started_by",
+    [
+        ("pretrain_gpt_torchrun.sbatch", ["--ntasks-per-node=1", "--cpus-per-task=2"], "a launcher"),
+        ("pretrain_gpt_deepspeed.sbatch", ["--ntasks-per-node=2"], "srun"),
+    ],
+)
+def test_torchrun_and_deepspeed_launcher_jobs_train_as_srun_does(
+    slurm_cluster, gpt_data_prefix, tmp_path, straight_run, script, options, started_by
+):
+    job, log = submit(slurm_cluster, script, gpt_data_prefix, tmp_path, "job", options)
+    assert slurm_cluster.wait_state(job, {"COMPLETED", "FAILED"}, timeout=180) == "COMPLETED", log.read_text()
+    text = log.read_text()
+    assert f"2 rank(s), started by {started_by}" in text
+    assert losses(text) == straight_run
