@@ -1,0 +1,70 @@
+"""examples_deepspeed/multinode_gpt.sh with two "nodes" on loopback: a hostfile naming localhost and
+127.0.0.1, one `deepspeed --no_ssh --node_rank R` launcher per node, world size 2 on CPU with gloo.
+A run of 10 iterations stopped by --exit-interval 6 trains and saves; the same command resumes from its
+checkpoint and trains to the end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.test_slurm import EXTRA_FLAGS, losses
+from tests.launch import REPO_ROOT, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def run_two_nodes(output: Path, data_prefix: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """Both nodes' launchers at once; returns each node's output after checking both succeeded."""
+    hostfile = output / "hostfile"
+    hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    env = {
+        **os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
+        "OUTPUT_DIR": str(output), "HOSTFILE": str(hostfile), "GPUS_PER_NODE": "1",
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+        "NUM_LAYERS": "2", "HIDDEN_SIZE": "64", "NUM_ATTN_HEADS": "4", "SEQ_LENGTH": "32",
+        "MICRO_BATCH_SIZE": "2", "GLOBAL_BATCH_SIZE": "8", "TRAIN_ITERS": "10",
+        "LR": "1e-3", "MIN_LR": "1e-4", "LR_WARMUP_ITERS": "2", "BF16": "0",
+        "DATA_PATH": data_prefix, "SPLIT": "90,10,0", "EVAL_ITERS": "2", "LOG_INTERVAL": "1",
+    }  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            ["bash", "examples_deepspeed/multinode_gpt.sh", *EXTRA_FLAGS, *extra],
+            cwd=REPO_ROOT,
+            env={**env, "NODE_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    outputs = []
+    try:
+        for node in nodes:
+            outputs.append(node.communicate(timeout=240)[0])
+    finally:
+        for node in nodes:
+            node.kill()
+    for rank, (node, text) in enumerate(zip(nodes, outputs)):
+        assert node.returncode == 0, f"node {rank} exited {node.returncode}:\n{text[-4000:]}"
+    return outputs
+
+
+def test_two_loopback_nodes_train_save_and_resume(gpt_data_prefix, tmp_path):
+    first, _ = run_two_nodes(tmp_path, gpt_data_prefix, ("--exit-interval", "6"))
+    assert "2 rank(s), started by a launcher" in first
+    assert sorted(losses(first)) == list(range(1, 7))
+    assert float(losses(first)[6]) < float(losses(first)[1])
+    checkpoints = tmp_path / "checkpoints"
+    assert (checkpoints / "latest").read_text() == "global_step6"
+    assert len(list((checkpoints / "global_step6").glob("*optim_states.pt"))) == 2
+    assert (tmp_path / "logs" / "node-0.log").read_text() == first
+
+    resumed, _ = run_two_nodes(tmp_path, gpt_data_prefix)
+    assert sorted(losses(resumed)) == list(range(7, 11))
+    assert float(losses(resumed)[10]) < float(losses(first)[1])
+    assert (checkpoints / "latest").read_text() == "global_step10"
