@@ -10,7 +10,44 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch import tiny_model_flags, write_ds_config
+from tests.launch import LOSS_PATTERN, REPO_ROOT, tiny_model_flags, write_ds_config
+
+# The tiny GPT of tests/launch.py through the variables of examples_deepspeed/gpt_job_args.sh (fp32 on
+# CPU), and the flags that script leaves at pretrain_gpt.py's defaults, passed as the script's arguments.
+TINY_GPT_VARIABLES = {
+    "NUM_LAYERS": "2", "HIDDEN_SIZE": "64", "NUM_ATTN_HEADS": "4", "SEQ_LENGTH": "32",
+    "MICRO_BATCH_SIZE": "2", "GLOBAL_BATCH_SIZE": "8", "LR": "1e-3", "MIN_LR": "1e-4",
+    "LR_WARMUP_ITERS": "2", "BF16": "0", "SPLIT": "90,10,0", "EVAL_ITERS": "2", "LOG_INTERVAL": "1",
+}  # fmt: skip
+TINY_GPT_SCRIPT_FLAGS = [
+    "--attention-dropout",
+    "0",
+    "--hidden-dropout",
+    "0",
+    "--num-workers",
+    "0",
+    "--seed",
+    "1234",
+]
+
+
+def script_env(data_prefix: str, train_iters: int, **variables: str) -> dict[str, str]:
+    """The environment in which an example script trains the tiny GPT on ``data_prefix``."""
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+        **TINY_GPT_VARIABLES,
+        "DATA_PATH": data_prefix,
+        "TRAIN_ITERS": str(train_iters),
+        **variables,
+    }
+
+
+def losses(log: str) -> dict[int, str]:
+    """The logged lm loss of each iteration, as printed (so that runs compare exactly)."""
+    return {int(iteration): loss for iteration, loss in LOSS_PATTERN.findall(log)}
 
 
 def cluster_run_flags(data_prefix: str, folder: Path, train_iters: int) -> list[str]:

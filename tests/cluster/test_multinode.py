@@ -5,13 +5,12 @@ checkpoint and trains to the end."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.test_slurm import EXTRA_FLAGS, losses
+from tests.cluster.common import TINY_GPT_SCRIPT_FLAGS, losses, script_env
 from tests.launch import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.slow
@@ -21,25 +20,19 @@ def run_two_nodes(output: Path, data_prefix: str, extra: tuple[str, ...] = ()) -
     """Both nodes' launchers at once; returns each node's output after checking both succeeded."""
     hostfile = output / "hostfile"
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
-    env = {
-        **os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
-        "OUTPUT_DIR": str(output), "HOSTFILE": str(hostfile), "GPUS_PER_NODE": "1",
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-        "NUM_LAYERS": "2", "HIDDEN_SIZE": "64", "NUM_ATTN_HEADS": "4", "SEQ_LENGTH": "32",
-        "MICRO_BATCH_SIZE": "2", "GLOBAL_BATCH_SIZE": "8", "TRAIN_ITERS": "10",
-        "LR": "1e-3", "MIN_LR": "1e-4", "LR_WARMUP_ITERS": "2", "BF16": "0",
-        "DATA_PATH": data_prefix, "SPLIT": "90,10,0", "EVAL_ITERS": "2", "LOG_INTERVAL": "1",
-    }  # fmt: skip
+    env = script_env(
+        data_prefix, 10, OUTPUT_DIR=str(output), HOSTFILE=str(hostfile), GPUS_PER_NODE="1",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+    )  # fmt: skip
     nodes = [
         subprocess.Popen(
-            ["bash", "examples_deepspeed/multinode_gpt.sh", *EXTRA_FLAGS, *extra],
+            ["bash", "examples_deepspeed/multinode_gpt.sh", *TINY_GPT_SCRIPT_FLAGS, *extra],
             cwd=REPO_ROOT,
             env={**env, "NODE_RANK": str(rank)},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for rank in (0, 1)
     ]
     outputs = []

@@ -5,38 +5,21 @@ the job that ran straight through; the torchrun and deepspeed-launcher jobs trai
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.cluster.common import TINY_GPT_SCRIPT_FLAGS, losses, script_env
 from tests.cluster.slurm_cluster import SlurmCluster
-from tests.launch import LOSS_PATTERN, REPO_ROOT
+from tests.launch import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
 SLURM_EXAMPLES = REPO_ROOT / "examples_deepspeed" / "slurm"
 TRAIN_ITERS = 40
 STOPPED = re.compile(r"stopped on SIGUSR1 after iteration (\d+); checkpoint saved to")
-
-
-def job_env(data_prefix: str, checkpoints: Path) -> dict[str, str]:
-    """The tiny GPT of tests/launch.py through the scripts' variables, fp32 on CPU."""
-    return {
-        **os.environ,
-        "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
-        "NUM_LAYERS": "2", "HIDDEN_SIZE": "64", "NUM_ATTN_HEADS": "4", "SEQ_LENGTH": "32",
-        "MICRO_BATCH_SIZE": "2", "GLOBAL_BATCH_SIZE": "8", "TRAIN_ITERS": str(TRAIN_ITERS),
-        "LR": "1e-3", "MIN_LR": "1e-4", "LR_WARMUP_ITERS": "2", "BF16": "0",
-        "DATA_PATH": data_prefix, "SPLIT": "90,10,0", "EVAL_ITERS": "2", "LOG_INTERVAL": "1",
-        "CHECKPOINT_PATH": str(checkpoints), "SAVE_INTERVAL": "1000", "GPUS_PER_NODE": "2",
-    }  # fmt: skip
-
-
-EXTRA_FLAGS = ["--attention-dropout", "0", "--hidden-dropout", "0", "--num-workers", "0", "--seed", "1234"]
 
 
 def submit(
@@ -50,9 +33,8 @@ def submit(
     """Submit one of the example scripts for the tiny GPT; its checkpoints go to ``folder/name``."""
     log = folder / f"{name}.out"
     options = [f"--job-name={name}", *tasks, f"--output={log}", "--time=00:10:00"]
-    job_id = cluster.sbatch(
-        SLURM_EXAMPLES / script, options, EXTRA_FLAGS, env=job_env(data_prefix, folder / name)
-    )
+    env = script_env(data_prefix, TRAIN_ITERS, CHECKPOINT_PATH=str(folder / name), GPUS_PER_NODE="2")
+    job_id = cluster.sbatch(SLURM_EXAMPLES / script, options, TINY_GPT_SCRIPT_FLAGS, env=env)
     return job_id, log
 
 
@@ -64,10 +46,6 @@ def wait_for_line(log: Path, pattern: str, timeout: float) -> re.Match:
             return match
         time.sleep(0.3)
     raise AssertionError(f"no {pattern!r} in {log} after {timeout} s:\n{log.read_text()[-4000:]}")
-
-
-def losses(text: str) -> dict[int, str]:
-    return dict((int(iteration), loss) for iteration, loss in LOSS_PATTERN.findall(text))
 
 
 @pytest.fixture(scope="module")
