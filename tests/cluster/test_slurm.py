@@ -1,7 +1,8 @@
 """examples_deepspeed/slurm/ on a real one-node SLURM cluster (tests/cluster/slurm_cluster.py), 2 ranks
 on CPU: the srun-direct job trains and saves; the same job sent the time-limit warning (USR1 to its
 batch shell) saves, requeues itself and, started again, resumes from that checkpoint with the losses of
-the job that ran straight through; the torchrun and deepspeed-launcher jobs train with those losses too."""
+the job that ran straight through, and so does the torchrun job; the deepspeed-launcher job trains with
+those losses too."""
 
 from __future__ import annotations
 
@@ -64,17 +65,27 @@ def straight_run(slurm_cluster, gpt_data_prefix, tmp_path_factory) -> dict[int, 
     return losses(text)
 
 
-def test_srun_job_saves_on_the_time_limit_warning_requeues_and_resumes(
-    slurm_cluster, gpt_data_prefix, tmp_path, straight_run
+@pytest.mark.parametrize(
+    "script, tasks, started_by",
+    [
+        ("pretrain_gpt_srun.sbatch", ["--ntasks-per-node=2"], "srun"),
+        ("pretrain_gpt_torchrun.sbatch", ["--ntasks-per-node=1", "--cpus-per-task=2"], "a launcher"),
+    ],
+)
+def test_job_saves_on_the_time_limit_warning_requeues_and_resumes(
+    slurm_cluster, gpt_data_prefix, tmp_path, straight_run, script, tasks, started_by
 ):
-    job, log = submit(slurm_cluster, "pretrain_gpt_srun.sbatch", gpt_data_prefix, tmp_path, "warned")
+    """USR1 reaches the ranks through the batch shell's trap (and, under torchrun, through torchrun)."""
+    job, log = submit(slurm_cluster, script, gpt_data_prefix, tmp_path, "warned", tasks)
     wait_for_line(log, r"iteration\s+3/", timeout=120)
     slurm_cluster.command("scancel", "--signal=USR1", "--batch", str(job))
     wait_for_line(log, "requeueing job", timeout=60)
     first_part = log.read_text()
+    assert f"2 rank(s), started by {started_by}" in first_part
     stop = int(STOPPED.search(first_part).group(1))
     assert stop < TRAIN_ITERS
-    assert "training step exited with status 4" in first_part
+    if script == "pretrain_gpt_srun.sbatch":  # srun returns the ranks' status; torchrun its own
+        assert "training step exited with status 4" in first_part
     assert (tmp_path / "warned" / "latest").read_text() == f"global_step{stop}"
 
     # Slurm holds a requeued job back for a while (reason BeginTime): let it start now.
@@ -90,12 +101,9 @@ def test_srun_job_saves_on_the_time_limit_warning_requeues_and_resumes(
 
 @pytest.mark.parametrize(
     "script, options, started_by",
-    [
-        ("pretrain_gpt_torchrun.sbatch", ["--ntasks-per-node=1", "--cpus-per-task=2"], "a launcher"),
-        ("pretrain_gpt_deepspeed.sbatch", ["--ntasks-per-node=2"], "srun"),
-    ],
+    [("pretrain_gpt_deepspeed.sbatch", ["--ntasks-per-node=2"], "srun")],
 )
-def test_torchrun_and_deepspeed_launcher_jobs_train_as_srun_does(
+def test_deepspeed_launcher_job_trains_as_srun_does(
     slurm_cluster, gpt_data_prefix, tmp_path, straight_run, script, options, started_by
 ):
     job, log = submit(slurm_cluster, script, gpt_data_prefix, tmp_path, "job", options)
