@@ -45,6 +45,7 @@ from megatron.config.schema import (
     PrecisionConfig,
     RecomputeConfig,
 )
+from megatron.parallel.launch_env import discover
 
 _REQUIRED_FLAGS = (
     "--num-layers",
@@ -56,18 +57,9 @@ _REQUIRED_FLAGS = (
 
 
 def world_size_from_env() -> int:
-    """The number of processes the launcher started (torchrun and the deepspeed launcher set WORLD_SIZE);
-    1 when run directly."""
-    raw = os.environ.get("WORLD_SIZE", "1")
-    try:
-        world_size = int(raw)
-    except ValueError:
-        world_size = 0
-    if world_size < 1:
-        raise ConfigError(
-            f"WORLD_SIZE={raw!r} in the environment: expected a positive integer; unset it or fix it."
-        )
-    return world_size
+    """The number of processes the launcher started, whichever launcher it was (torchrun, the deepspeed
+    launcher, ``srun``, ``mpirun``: ``megatron.parallel.launch_env``); 1 when run directly."""
+    return discover(os.environ).world_size
 
 
 def pad_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int) -> int:

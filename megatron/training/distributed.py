@@ -15,8 +15,19 @@ from deepspeed.accelerator import get_accelerator
 from torch.utils import cpp_extension
 
 from megatron.config.errors import ConfigError
+from megatron.parallel.launch_env import discover, export_launch_env
 
 logger = logging.getLogger("megatron")
+
+
+# How the start-up line names what started the processes (``LaunchEnv.launcher``).
+LAUNCHER_NAMES = {
+    "torch": "a launcher (RANK/WORLD_SIZE)",
+    "openmpi": "mpirun (OMPI_COMM_WORLD_*)",
+    "azureml": "AzureML MPI (OMPI_COMM_WORLD_*, AZ_BATCH*_MASTER_NODE)",
+    "slurm": "srun (SLURM_PROCID/SLURM_NTASKS)",
+    "none": "no launcher",
+}
 
 
 @dataclass(frozen=True)
@@ -36,13 +47,19 @@ def initialize_distributed(backend: str | None = None) -> DistributedContext:
     on ``MASTER_PORT`` or else on a free port. ``backend`` is torch.distributed's (None: the accelerator's);
     ``megatron.config.compat.check_distributed_backend`` has checked that this machine can run it.
 
-    A port that another process holds is reported as a :class:`ConfigError` naming ``MASTER_PORT``.
+    Processes that ``srun`` or ``mpirun`` started get ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``MASTER_ADDR`` and ``MASTER_PORT`` from their scheduler's variables first (``launch_env``), so
+    torch's ``env://`` rendezvous works under every launcher and DeepSpeed's own MPI discovery (which
+    needs mpi4py) is never reached. A port that another process holds is reported as a
+    :class:`ConfigError` naming ``MASTER_PORT``.
     """
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    launch = discover(os.environ)
+    export_launch_env(launch, os.environ)
+    local_rank = launch.local_rank
     accelerator = get_accelerator()
     if accelerator.device_name() == "cuda":
         torch.cuda.set_device(local_rank)
-    if os.environ.get("WORLD_SIZE", "1") == "1":
+    if launch.world_size == 1:
         # One process, launched or not: what a launcher did not set has one right value, or any free port.
         single = {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
         for name, value in single.items():
@@ -66,7 +83,12 @@ def initialize_distributed(backend: str | None = None) -> DistributedContext:
     device = torch.device(
         accelerator.device_name(local_rank) if accelerator.device_name() != "cpu" else "cpu"
     )
-    logger.info("process group: %s backend, %d rank(s)", dist.get_backend(), dist.get_world_size())
+    logger.info(
+        "process group: %s backend, %d rank(s), started by %s",
+        dist.get_backend(),
+        dist.get_world_size(),
+        LAUNCHER_NAMES[launch.launcher],
+    )
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 

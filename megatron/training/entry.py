@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 from megatron.config.errors import ConfigError
+from megatron.parallel.launch_env import discover
 from megatron.training.distributed import shutdown_distributed
 from megatron.training.exit_signals import EXIT_STATUS as INTERRUPTED_EXIT_STATUS
 from megatron.training.exit_signals import TrainingInterrupted
@@ -74,7 +75,12 @@ def _run(main: Callable[[list[str] | None], object], argv: list[str] | None) -> 
 
 
 def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    """This process's rank under any launcher (srun and mpirun set no RANK); 0 while the environment
+    cannot be read, whose error the config check then reports."""
+    try:
+        return discover(os.environ).rank
+    except ConfigError:
+        return 0
 
 
 def _print_on_rank0(message: str) -> None:
