@@ -87,6 +87,19 @@ def launch(command: list[str], env: dict, timeout: int) -> subprocess.CompletedP
     return run(command, env)
 
 
+def run_example(script: str, variables: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
+    """Run ``examples_deepspeed/<script>`` as users do, with ``variables`` added to the environment, one
+    thread per process and a free rendezvous port (the session's MASTER_PORT may be held by this pytest
+    process's own process group); the test fails unless the script exits 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()), **variables}
+    completed = subprocess.run(
+        ["bash", f"examples_deepspeed/{script}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    return completed
+
+
 @dataclass
 class RunResult:
     returncode: int

@@ -5,8 +5,6 @@ the CPU), from the pretrained checkpoint of the other tests."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
 
 import pytest
 
@@ -18,7 +16,7 @@ from tests.finetuning.task_files import (
     write_qqp,
     write_race,
 )
-from tests.launch import LOSS_PATTERN, REPO_ROOT, free_port
+from tests.launch import LOSS_PATTERN, run_example
 
 SMALL = {"NUM_LAYERS": "2", "HIDDEN_SIZE": "64", "NUM_ATTN_HEADS": "4", "SEQ_LEN": "32",
          "MAX_POSITION_EMBEDDINGS": "64", "BATCH_SIZE": "4", "GLOBAL_BATCH_SIZE": "8", "LR": "1e-3",
@@ -26,15 +24,8 @@ SMALL = {"NUM_LAYERS": "2", "HIDDEN_SIZE": "64", "NUM_ATTN_HEADS": "4", "SEQ_LEN
 
 
 def run_recipe(script: str, pretrained, tmp_path, **variables: str) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()), **SMALL,
-           "PRETRAINED_CHECKPOINT": str(pretrained.checkpoint), "CHECKPOINT_PATH": str(tmp_path / "ckpt"),
-           **variables}  # fmt: skip
-    completed = subprocess.run(
-        ["bash", f"examples_deepspeed/bert_with_pile/{script}"], cwd=REPO_ROOT, env=env, capture_output=True,
-        text=True, timeout=600,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
-    return completed.stdout
+    paths = {"PRETRAINED_CHECKPOINT": str(pretrained.checkpoint), "CHECKPOINT_PATH": str(tmp_path / "ckpt")}
+    return run_example(f"bert_with_pile/{script}", {**SMALL, **paths, **variables}, timeout=600).stdout
 
 
 def check_trained(stdout: str, iterations: int, sets: list[str]) -> None:

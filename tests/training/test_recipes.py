@@ -6,7 +6,6 @@ and the GPT-3 125M recipe of its rebase/ folder (deepspeed launcher, T=2 x P=2, 
 from __future__ import annotations
 
 import math
-import os
 import re
 import subprocess
 
@@ -14,18 +13,11 @@ import pytest
 from deepspeed.accelerator import get_accelerator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.launch import LOSS_PATTERN, REPO_ROOT, free_port
+from tests.launch import LOSS_PATTERN, run_example
 
 
 def run_recipe(script: str, **variables: str) -> subprocess.CompletedProcess:
-    """The session's MASTER_PORT may be held by this pytest process's own process group: take a free one."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()), **variables}
-    completed = subprocess.run(
-        ["bash", f"examples_deepspeed/{script}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-        timeout=900,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
-    return completed
+    return run_example(script, variables, timeout=900)
 
 
 def losses(stdout: str) -> dict[int, float]:

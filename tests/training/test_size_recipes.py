@@ -14,7 +14,7 @@ import pytest
 from megatron.config.arguments import parse_args
 from megatron.config.build import build_config
 from megatron.config.presets import get_preset
-from tests.launch import LOSS_PATTERN, REPO_ROOT, free_port
+from tests.launch import LOSS_PATTERN, REPO_ROOT, run_example
 
 RECIPES = {
     "ds_pretrain_gpt_125M.sh": "gpt-125m", "ds_pretrain_gpt_350M.sh": "gpt-350m",
@@ -27,16 +27,8 @@ RECIPES = {
 
 
 def run_recipe(script: str, tmp_path, **variables: str) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()), "SKIP_INSTALL": "1",
-        "OUTPUT_DIR": str(tmp_path / "out"), "OUTPUT_HOME": str(tmp_path / "out"), **variables,
-    }  # fmt: skip
-    completed = subprocess.run(
-        ["bash", f"examples_deepspeed/{script}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
-    return completed
+    outputs = {"SKIP_INSTALL": "1", "OUTPUT_DIR": str(tmp_path / "out"), "OUTPUT_HOME": str(tmp_path / "out")}
+    return run_example(script, {**outputs, **variables}, timeout=600)
 
 
 def dry_run(script: str, tmp_path, **variables: str) -> tuple[list[str], int]:
