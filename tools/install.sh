@@ -16,5 +16,8 @@ fi
 if ! python3 -c "import torch" 2>/dev/null; then
   python3 -m pip install ${TORCH_SPEC:-torch==2.13.0}
 fi
+# pip 23 (what some Pythons ship) fails to resolve the test extra's azure-ai-ml -> opentelemetry pins
+# ("InconsistentCandidate ... opentelemetry-sdk"); pip 25 and newer resolve it.
+python3 -m pip install -q "pip>=25"
 EXTRAS=$(IFS=,; echo "$*")
 python3 -m pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
