@@ -147,11 +147,12 @@ class NonFiniteMonitor:
 
 
 def _not_finite(value: float | torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    """Whether a gradient norm (a device tensor, a float, or None when none was measured) is non-finite."""
+    """Whether a gradient norm (a tensor, a float, or None when none was measured) is non-finite, as a flag
+    on ``device``: with ZeRO-Offload DeepSpeed computes the norm on the CPU while the loss is on the GPU."""
     if value is None:
         return torch.zeros((), dtype=torch.bool, device=device)
     if torch.is_tensor(value):
-        return ~torch.isfinite(value.detach().float().reshape(()))
+        return ~torch.isfinite(value.detach().float().reshape(()).to(device, non_blocking=True))
     return torch.full((), not math.isfinite(value), dtype=torch.bool, device=device)
 
 

@@ -87,6 +87,16 @@ def test_unscaled_precisions_stop_at_a_skipped_update_or_a_nan_loss(tmp_path):
     monitor.check(1)
 
 
+def test_a_gradient_norm_on_another_device_than_the_loss_is_judged_on_the_loss_device(tmp_path):
+    """ZeRO-Offload computes the gradient norm on the CPU while the loss is on the GPU (found on an H200:
+    the first iteration failed); the meta device stands in for the GPU here."""
+    bf16 = build(tmp_path)
+    bf16 = dataclasses.replace(bf16, precision=dataclasses.replace(bf16.precision, fp16=False, bf16=True))
+    monitor = NonFiniteMonitor(bf16, FakeEngine(1.0), torch.device("meta"))
+    monitor.observe(StepResult(torch.tensor(2.0, device="meta"), torch.tensor(INF), True), 1)
+    assert monitor._flags[0].device.type == "meta"
+
+
 def test_fp16_overflow_skips_count_only_once_the_loss_scale_is_at_its_minimum(tmp_path):
     config = build(tmp_path)  # fp16, dynamic loss scale, --min-loss-scale 1, stop at the first
     assert config.precision.fp16 and config.precision.min_loss_scale == 1
