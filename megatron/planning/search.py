@@ -199,7 +199,9 @@ def check_layout(request: PlanRequest, layout: Layout) -> tuple[ModelConfig, MoE
         check_moe_tokens(moe, layout.micro_batch_size, model.seq_length)
     except ConfigError as error:
         message = str(error)
-        return Rejection(layout, re.sub(r"\d+", "N", message.split(": ", 1)[0]), message)
+        # The group: the message's first clause, numbers and the parenthesised ds_config key left out.
+        rule = re.sub(r" \([^)]*\)", "", re.sub(r"\d+", "N", message.split(": ", 1)[0]))
+        return Rejection(layout, rule, message)
     return model, moe
 
 
