@@ -101,8 +101,9 @@ def enumerate_layouts(request: PlanRequest) -> Iterator[Layout]:
     """Every layout of the request's GPUs and batch: T x Ulysses x P dividing the GPUs (T up to the whole
     cluster, so that too-wide T is reported), P dividing the layers, D the rest, ZeRO 0-3, every micro
     batch dividing global / D, each recomputation, offload of the optimizer (and with ZeRO-3 of the
-    parameters too). Megatron's sequence parallelism is on whenever T > 1: it moves the same bytes as the
-    plain all-reduces and keeps 1/T of the norms' and dropouts' activations."""
+    parameters too). Megatron's sequence parallelism is on whenever T > 1 without Ulysses (the toolkit
+    takes one sequence split at a time): it moves the same bytes as the plain all-reduces and keeps 1/T of
+    the norms' and dropouts' activations. The expert-parallel size is the run's --moe-expert-parallel-size."""
     gpus, layers, global_batch = request.cluster.num_gpus, request.args.num_layers, request.global_batch_size
     for t in divisors(gpus):
         for u in divisors(gpus // t):
@@ -125,6 +126,7 @@ def enumerate_layouts(request: PlanRequest) -> Iterator[Layout]:
                                     offload_parameters=offload[1],
                                     sequence_parallel=t > 1 and u == 1,
                                     ulysses=u,
+                                    expert_parallel=request.args.moe_expert_parallel_size,
                                 )
 
 
