@@ -138,6 +138,7 @@ def search(request: PlanRequest, memory_model: MemoryModel | None = None) -> Sea
     """Ranked feasible layouts (by predicted tokens/s; ties: less memory first) and the rejected ones."""
     if memory_model is None:
         from megatron.planning.memory import predict_memory as memory_model
+    request.model(1)  # a model that no layout can fix (its own flags contradict) is an error, not a rejection
     result = SearchResult()
     cluster, precision = request.cluster, request.precision
     capacity = cluster.gpu.memory_gib * GIB
@@ -193,35 +194,43 @@ def check_layout(request: PlanRequest, layout: Layout) -> tuple[ModelConfig, MoE
             "planner: the global batch must split evenly over D",
             f"--global-batch-size {request.global_batch_size} is not divisible by D={layout.data_parallel}",
         )
-    try:
-        # The rules do not depend on the batch split except through the MoE gate's token count.
-        model, moe = _toolkit_rules(
-            request, dataclasses.replace(layout, micro_batch_size=1, gradient_accumulation_steps=1)
-        )
-        check_moe_tokens(moe, layout.micro_batch_size, model.seq_length)
-    except ConfigError as error:
-        message = str(error)
+    # The rules do not depend on the batch split except through the MoE gate's token count.
+    verdict = _toolkit_rules(
+        request, dataclasses.replace(layout, micro_batch_size=1, gradient_accumulation_steps=1)
+    )
+    if not isinstance(verdict, ConfigError):
+        model, moe = verdict
+        try:
+            check_moe_tokens(moe, layout.micro_batch_size, model.seq_length)
+        except ConfigError as error:
+            verdict = error
+    if isinstance(verdict, ConfigError):
+        message = str(verdict)
         # The group: the message's first clause, numbers and the parenthesised ds_config key left out.
         rule = re.sub(r" \([^)]*\)", "", re.sub(r"\d+", "N", message.split(": ", 1)[0]))
         return Rejection(layout, rule, message)
-    return model, moe
+    return verdict
 
 
 @functools.lru_cache(maxsize=4096)
-def _toolkit_rules(request: PlanRequest, layout: Layout) -> tuple[ModelConfig, MoEConfig]:
-    """The checks of ``build_config`` that depend on the layout, on the layout's own flags and ds_config."""
-    args = request.parser.parse_args([*request.argv, *layout_flags(layout, PLANNED_DS_CONFIG)])
-    ds = ds_config.DsConfigFile(PLANNED_DS_CONFIG, ds_config_for(layout, request.precision))
-    parallel = parallelism.parallel_config(args, layout.num_gpus)
-    model = request.model(layout.tensor_parallel)
-    parallelism.check_model_split(model, parallel)
-    recompute_config(args, model.num_layers, parallel.pipeline_model_parallel_size)
-    moe = moe_config(args, model, parallel)
-    stage = ds_config.zero_stage(ds, args)
-    _check_fp16_stage(ds_config.precision_config(ds, args), stage, ds.path)
-    offload_optimizer(ds, args, stage)
-    parallelism.check_pipeline_zero_stage(parallel, stage, ds.path)
-    check_moe_zero_stage(moe, stage, ds.path)
+def _toolkit_rules(request: PlanRequest, layout: Layout) -> tuple[ModelConfig, MoEConfig] | ConfigError:
+    """The checks of ``build_config`` that depend on the layout, on the layout's own flags and ds_config;
+    the error is returned rather than raised so that the cache keeps it too."""
+    try:
+        args = request.parser.parse_args([*request.argv, *layout_flags(layout, PLANNED_DS_CONFIG)])
+        ds = ds_config.DsConfigFile(PLANNED_DS_CONFIG, ds_config_for(layout, request.precision))
+        parallel = parallelism.parallel_config(args, layout.num_gpus)
+        model = request.model(layout.tensor_parallel)
+        parallelism.check_model_split(model, parallel)
+        recompute_config(args, model.num_layers, parallel.pipeline_model_parallel_size)
+        moe = moe_config(args, model, parallel)
+        stage = ds_config.zero_stage(ds, args)
+        _check_fp16_stage(ds_config.precision_config(ds, args), stage, ds.path)
+        offload_optimizer(ds, args, stage)
+        parallelism.check_pipeline_zero_stage(parallel, stage, ds.path)
+        check_moe_zero_stage(moe, stage, ds.path)
+    except ConfigError as error:
+        return error
     return model, moe
 
 

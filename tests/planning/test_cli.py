@@ -28,6 +28,7 @@ CLUSTER = ["--num-gpus", "8", "--gpus-per-node", "4", "--gpu", "A100-40"]
 ROW = re.compile(r"^\s+1\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d)\s+(\d+)\s+(\d+)\s+(none|selective|full)\s")
 
 
+@pytest.mark.slow
 def test_the_tool_prints_a_ranked_table():
     completed = subprocess.run(
         [sys.executable, "tools/plan.py", *CLUSTER, *TINY],
