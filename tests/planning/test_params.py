@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import os
 
+import deepspeed
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from megatron.config.schema import ModelConfig, MoEConfig, RecomputeConfig
 from megatron.model import GPTModel
-from megatron.parallel.context import ParallelContext
+from megatron.model.gpt_pipe import gpt_pipeline_module
+from megatron.parallel.context import ParallelContext, build_parallel_context
 from megatron.planning.layout import Layout
 from megatron.planning.params import count_parameters
 from megatron.training.distributed import free_port
@@ -59,11 +60,6 @@ def test_moe_layers_count_gate_experts_and_residual_mlp(mlp_type):
 
 
 def _pipeline_stage(rank: int, port: int, shape: str, tensor: int, results) -> None:
-    from megatron.model.gpt_pipe import gpt_pipeline_module
-    from megatron.parallel.context import build_parallel_context
-
-    import deepspeed
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank))
     os.environ["WORLD_SIZE"] = str(2 * tensor)
     deepspeed.init_distributed("gloo", verbose=False)
@@ -74,7 +70,7 @@ def _pipeline_stage(rank: int, port: int, shape: str, tensor: int, results) -> N
         )
         results[rank] = (context.pipeline_rank, built_parameters(module))
     finally:
-        dist.destroy_process_group()
+        torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow
