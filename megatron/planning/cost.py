@@ -12,12 +12,13 @@ ranking layouts against each other; their absolute level moves with the efficien
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 from dataclasses import dataclass
 
 from megatron.config.schema import ModelConfig, MoEConfig
 from megatron.planning.gpus import GB, Cluster
 from megatron.planning.layout import Layout, Precision
+from megatron.planning.params import count_parameters, mlp_parameters, stage_layers
 from megatron.training.throughput import flops_per_token
 
 # Adam's update reads and writes the fp32 master weight and both moments (3 x 8 bytes), reads the fp32
@@ -102,26 +103,37 @@ def ring_gather_seconds(nbytes: float, ranks: int, bandwidth: float) -> float:
     return (ranks - 1) / ranks * nbytes / bandwidth if ranks > 1 else 0.0
 
 
-def rank_weights(model: ModelConfig, layout: Layout, moe: MoEConfig | None = None) -> tuple[float, float]:
-    """(dense, expert) matmul weights on the most loaded rank's model-parallel shard before ZeRO splits it:
-    the stage with the most layers plus the embedding and output layer (on the first and last stage; both
-    counted, the conservative choice for P > 1). Norms and biases (< 0.1%) are left out: they change the
-    traffic by less than the efficiencies' uncertainty."""
-    t, hidden = layout.tensor_parallel, model.hidden_size
-    query, key_value = model.num_attention_heads * model.head_dim, model.kv_heads * model.head_dim
-    attention = (hidden * (query + 2 * key_value) + query * hidden) / t
-    mlp = (3 if model.swiglu else 2) * hidden * model.ffn_hidden_size / t
-    layers = range(model.num_layers)
-    per_stage = math.ceil(model.num_layers / layout.pipeline_parallel)
-    experts = [moe.experts_at(n) if moe else 1 for n in layers]
-    expert_layers = sorted((e for e in experts if e > 1), reverse=True)[:per_stage]
-    ep = moe.expert_parallel_size if moe else 1
-    expert = sum(e // ep * mlp for e in expert_layers)
-    dense_layers = per_stage - len(expert_layers)
-    embedding = model.padded_vocab_size * hidden / t
-    output = embedding if model.untie_embeddings_and_output_weights else 0.0
-    dense = per_stage * attention + dense_layers * mlp + embedding + output
-    return dense, expert
+@functools.lru_cache(maxsize=256)
+def _stage_split(
+    model: ModelConfig, tensor_parallel: int, pipeline_parallel: int, moe: MoEConfig | None
+) -> tuple[int, tuple[int, ...]]:
+    """(parameters on the most loaded rank, transformer layers per stage): ``params``' counts, which depend
+    on T and P only; cached, as DeepSpeed's stage balancing is the slow part of a prediction."""
+    grid = Layout(tensor_parallel, pipeline_parallel, 1, 0, 1, 1)
+    return count_parameters(model, grid, moe).per_rank, tuple(stage_layers(model, grid, moe))
+
+
+def rank_weights(model: ModelConfig, layout: Layout, moe: MoEConfig | None = None) -> tuple[int, int]:
+    """(dense, expert) parameters on the most loaded rank before ZeRO splits them (``params``' count):
+    the expert part is reduced over the D / EP ranks that share those experts, the rest over D. MoE runs
+    without pipeline stages here (``megatron.config.moe``), so its experts are all on that rank."""
+    per_rank, _ = _stage_split(model, layout.tensor_parallel, layout.pipeline_parallel, moe)
+    if moe is None:
+        return per_rank, 0
+    ep = moe.expert_parallel_size
+    expert = sum(e // ep * mlp_parameters(model) for e in moe.experts_per_layer if e > 1)
+    return per_rank - expert, expert
+
+
+def slowest_stage(
+    model: ModelConfig, layout: Layout, moe: MoEConfig | None, layer: float, logits: float
+) -> tuple[int, bool]:
+    """The transformer layers of the pipeline stage with the most work per token (its layers, the logits
+    on the last), as DeepSpeed's partitioning cuts the stages; and whether that stage computes the logits."""
+    _, layers = _stage_split(model, layout.tensor_parallel, layout.pipeline_parallel, moe)
+    last = len(layers) - 1
+    stage = max(range(len(layers)), key=lambda i: layers[i] * layer + (logits if i == last else 0.0))
+    return layers[stage], stage == last
 
 
 def predict_step(
@@ -141,16 +153,16 @@ def predict_step(
         model.hidden_size,
     )
     act, wbytes = activation_bytes(precision), weight_bytes(precision)
-    per_stage = math.ceil(model.num_layers / p)
-    moe_layers = sum(1 for n in range(model.num_layers) if moe and moe.experts_at(n) > 1)
-    moe_per_stage = min(per_stage, moe_layers)
+    moe_per_stage = sum(1 for n in range(model.num_layers) if moe and moe.experts_at(n) > 1)  # P = 1
 
-    # Compute of one micro batch on the slowest stage (the last: its layers and the logits).
+    # Compute of one micro batch on the slowest stage.
     full = layout.recompute == "full"
     layer = layer_flops_per_token(model, full)
     if layout.recompute == "selective":
         layer += selective_recompute_flops_per_token(model)
     logits = flops_per_token(dataclasses.replace(model, num_layers=0), full)
+    per_stage, with_logits = slowest_stage(model, layout, moe, layer, logits)
+    logits = logits if with_logits else 0.0
     mlp_flops = (3 if model.swiglu else 2) * h * model.ffn_hidden_size * 2 * (4 if full else 3)
     extra_experts = (moe.topk - 1) * mlp_flops * moe_per_stage if moe else 0.0
     rows = b * s // u
