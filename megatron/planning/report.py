@@ -3,6 +3,7 @@ the others were rejected, grouped by rule."""
 
 from __future__ import annotations
 
+import textwrap
 from collections import defaultdict
 
 from megatron.planning.gpus import GIB
@@ -18,6 +19,7 @@ _MEMORY_PARTS = (
     "temporary",
     "fragmentation",
 )
+_WIDTH = 110
 _HEADER = (
     f"{'#':>3} {'T':>2} {'P':>2} {'D':>3} {'U':>2} {'ZeRO':>4} {'mbs':>3} {'GA':>4} {'recompute':<9} "
     f"{'offload':<9} {'GiB/GPU':>7} {'param':>6} {'grad':>5} {'optim':>5} {'activ':>5} {'logit':>5} "
@@ -85,9 +87,11 @@ def rejections(rejected: list[Rejection]) -> str:
     for rule, members in sorted(groups.items(), key=lambda item: -len(item[1])):
         over = [r for r in members if r.shortfall is not None]
         example = min(over, key=lambda r: r.shortfall) if over else members[0]
-        detail = example.detail.split(". ", 1)[0]
-        closest = "closest: " if over else "e.g. "
-        lines.append(f"  {len(members):>5}  {rule}\n         {closest}{describe(example.layout)}: {detail}")
+        detail = textwrap.fill(
+            example.detail.split(". ", 1)[0], _WIDTH, initial_indent=" " * 11, subsequent_indent=" " * 11
+        )
+        closest = "closest" if over else "e.g."
+        lines += [f"  {len(members):>5}  {rule}", f"         {closest} {describe(example.layout)}:", detail]
     return "\n".join(lines)
 
 
