@@ -16,8 +16,9 @@ and Z ranks that ZeRO partitions over (data-parallel x Ulysses), w bytes per wei
   even of fp32 weights), 8N/Z moments, 4N/Z fp32 gradients at the step, and one reduce bucket.
 - ZeRO 3: as ZeRO 2 with the weights partitioned too (w*N/Z), plus the gathered weights of the layer that
   runs and of the prefetch bucket.
-- offload_optimizer moves the master weights, moments and fp32 gradient partition to the host (their
-  gradients are copied there from the reduce bucket); offload_parameters (ZeRO 3) the weight partition.
+- offload_optimizer moves the master weights, moments and fp32 gradient partition to the host, with
+  ZeRO 1/2's fp32 host accumulation buffers (4N/Z) or ZeRO 3's gradient partition (w*N/Z): gradients
+  go there from the reduce bucket. offload_parameters (ZeRO 3) moves the weight partition too.
 """
 
 from __future__ import annotations
@@ -157,7 +158,10 @@ def model_state_bytes(parameters: int, layout: Layout, precision: Precision) -> 
     if layout.offload_parameters:
         host, weights = weights, 0
     if layout.offload_optimizer:
-        host += (master_and_moments + FLOAT32) * partition
+        # Beside the fp32 gradient partition the optimizer steps on, ZeRO 1/2 accumulate each gradient in
+        # an fp32 host buffer of their own; ZeRO 3 keeps its gradient partition buffer on the host.
+        gradient_buffers = FLOAT32 if layout.zero_stage < 3 else weight
+        host += (master_and_moments + FLOAT32 + gradient_buffers) * partition
         return ModelStates(weights, 0, 0, 0, host)
     return ModelStates(weights, weight * partition, master_and_moments * partition, FLOAT32 * partition, host)
 

@@ -67,3 +67,13 @@ def check(record: dict) -> None:
 def test_model_states_equal_what_deepspeed_holds(tmp_path, ranks):
     for record in run_worker(ranks, write_configs(tmp_path, [0, 1, 2, 3], list(PRECISIONS))):
         check(record)
+
+
+@pytest.mark.slow
+def test_offloaded_optimizer_states_equal_what_deepspeed_holds(tmp_path):
+    """ZeRO-Offload with DeepSpeed's CPUAdam (its C++ op is built on first use: minutes, once per machine).
+    On CPU the host and the device are one memory, so their sum is compared."""
+    offload = {"offload_optimizer": {"device": "cpu"}}
+    for record in run_worker(2, write_configs(tmp_path, [1, 3], ["bf16"], offload)):
+        assert record["predicted"]["host"] > 0  # the config read as an offloading layout
+        check(record)
