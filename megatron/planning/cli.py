@@ -37,7 +37,12 @@ def planner_parser() -> argparse.ArgumentParser:
     group.add_argument("--num-gpus", type=int, required=True, help="GPUs in the job.")
     group.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8).")
     group.add_argument("--gpu", choices=sorted(GPUS), default=None, help="A named GPU's datasheet figures.")
-    group.add_argument("--gpu-memory-gb", type=float, default=None, help="Memory per GPU in GiB.")
+    group.add_argument(
+        "--gpu-memory-gb",
+        type=float,
+        default=None,
+        help="Memory per GPU in GiB. Without --gpu, figures not given are an H100's.",
+    )
     group.add_argument("--peak-tflops", type=float, default=None, help="Dense bf16/fp16 TFLOP/s per GPU.")
     group.add_argument("--intra-node-bandwidth", type=float, default=None, help="NVLink/xGMI GB/s per GPU.")
     group.add_argument("--inter-node-bandwidth", type=float, default=None, help="Network GB/s per GPU.")
