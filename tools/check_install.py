@@ -36,6 +36,7 @@ def unmet_requirements(extras: list[str]) -> list[str]:
         direct_url = {}
     if direct_url.get("url") != REPO_ROOT.as_uri() or not direct_url.get("dir_info", {}).get("editable"):
         unmet.append(f"{DISTRIBUTION} installed (editable) from {REPO_ROOT}")
+    unmet += _missing_console_scripts(project.get("scripts", {}))
     for line in wanted:
         requirement = Requirement(line)
         try:
@@ -46,6 +47,18 @@ def unmet_requirements(extras: list[str]) -> list[str]:
         if not requirement.specifier.contains(version, prereleases=True):
             unmet.append(f"{line} (found {version})")
     return unmet
+
+
+def _missing_console_scripts(scripts: dict[str, str]) -> list[str]:
+    """Commands of [project.scripts] that the installed distribution lacks: an editable install made before
+    a command was added does not have it until pip installs the checkout again."""
+    try:
+        installed = {
+            ep.name for ep in metadata.distribution(DISTRIBUTION).entry_points.select(group="console_scripts")
+        }
+    except metadata.PackageNotFoundError:
+        return []  # reported as the distribution itself missing
+    return [f"console script {name} ({target})" for name, target in scripts.items() if name not in installed]
 
 
 def main(extras: list[str]) -> int:
