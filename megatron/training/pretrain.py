@@ -18,6 +18,7 @@ from megatron.training.distributed import DistributedContext, all_reduce_mean, a
 from megatron.training.engine import ModelProvider, build_engine
 from megatron.training.exit_signals import ExitSignals, StopVote, TrainingInterrupted
 from megatron.training.interval_log import IntervalLogger, LogWindow
+from megatron.training.memory_report import log_actual, log_prediction
 from megatron.training.metrics import MetricsWriter
 from megatron.training.nonfinite import NonFiniteError, NonFiniteMonitor, ensure_finite_weights
 from megatron.training.step import Batch, evaluate, pipeline_evaluate
@@ -82,6 +83,7 @@ class Pretraining:
             batch.gradient_accumulation_steps,
             config.deepspeed.zero_stage,
         )
+        self.memory_prediction = log_prediction(config)
         self.built = build_engine(config, parallel, model_provider)
         self.engine, self.lr_scheduler = self.built.engine, self.built.lr_scheduler
         self.is_pipeline = self.built.is_pipeline
@@ -209,6 +211,7 @@ class Pretraining:
             state.iteration += 1
             if state.iteration == first_iteration + 1:
                 self._log_compile_time("training iteration", window.elapsed())
+                log_actual(self.memory_prediction, self.context.device)
             state.consumed_train_samples += global_batch
             tokens = global_batch * (seq_length or tokens_per_sample)
             state.consumed_train_tokens += tokens
