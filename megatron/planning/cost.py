@@ -33,6 +33,7 @@ class StepTime:
     pipelined part; ``data_parallel`` is ZeRO's traffic left after its overlap with compute."""
 
     compute: float
+    memory_bound: float
     tensor_parallel: float
     ulysses: float
     expert_all_to_all: float
@@ -51,6 +52,7 @@ class StepTime:
     def total(self) -> float:
         return (
             self.compute
+            + self.memory_bound
             + self.tensor_parallel
             + self.ulysses
             + self.expert_all_to_all
@@ -165,9 +167,15 @@ def predict_step(
     logits = logits if with_logits else 0.0
     mlp_flops = (3 if model.swiglu else 2) * h * model.ffn_hidden_size * 2 * (4 if full else 3)
     extra_experts = (moe.topk - 1) * mlp_flops * moe_per_stage if moe else 0.0
-    rows = b * s // u
-    achieved = gpu.peak_tflops * 1e12 * eff.matmul * rows / (rows + eff.matmul_half_rows)
-    micro_compute = (per_stage * layer + extra_experts + logits) * b * s / (t * u) / achieved
+    achieved = gpu.peak_tflops * 1e12 * eff.matmul
+    rank_tokens = b * s / (t * u)
+    micro_compute = (per_stage * layer + extra_experts + logits) * rank_tokens / achieved
+    # The memory-bound kernels and the fixed per-layer cost (Efficiencies' calibrated terms).
+    passes = 4 if full else 3
+    hbm = gpu.hbm_gbps * GB
+    elementwise = per_stage * passes * rank_tokens * h * eff.elementwise_bytes_per_hidden / hbm
+    softmax = rank_tokens * model.padded_vocab_size * eff.logit_bytes_per_vocab / hbm if with_logits else 0.0
+    micro_memory_bound = elementwise + softmax + per_stage * passes * eff.layer_pass_seconds
 
     # Tensor parallelism: 2 all-reduces (or reduce-scatter + all-gather) of [b, s/U, h] per layer forward,
     # 2 backward, 2 more when full recomputation runs the forward again.
@@ -179,21 +187,24 @@ def predict_step(
 
     # Ulysses: all-to-all of q, k, v and the attention output per layer, forward and backward (+ recompute).
     heads_bytes = b * s / u * (2 * model.num_attention_heads + 2 * model.kv_heads) * model.head_dim / t * act
-    passes = 3 if full else 2
-    micro_ulysses = per_stage * passes * ring_gather_seconds(heads_bytes, u, cluster.group_bandwidth(u, t))
+    exchanges = 3 if full else 2
+    micro_ulysses = per_stage * exchanges * ring_gather_seconds(heads_bytes, u, cluster.group_bandwidth(u, t))
 
     # MoE: dispatch and combine all-to-alls per MoE layer over the expert-parallel ranks (data-parallel ones).
     ep = moe.expert_parallel_size if moe else 1
     tokens_bytes = b * s / u * h * act * (moe.topk if moe else 1)
     micro_experts = (
-        moe_per_stage * 2 * passes * ring_gather_seconds(tokens_bytes, ep, cluster.group_bandwidth(ep, t * u))
+        moe_per_stage
+        * 2
+        * exchanges
+        * ring_gather_seconds(tokens_bytes, ep, cluster.group_bandwidth(ep, t * u))
     )
 
     # Pipeline: one activation forward and one gradient backward across each stage boundary per micro batch.
     p2p_bytes = b * s / u * h * act / (t if layout.sequence_parallel else 1)
     micro_p2p = 2 * p2p_bytes / cluster.group_bandwidth(p, t * u * d) if p > 1 else 0.0
 
-    micro = micro_compute + micro_tp + micro_ulysses + micro_experts + micro_p2p
+    micro = micro_compute + micro_memory_bound + micro_tp + micro_ulysses + micro_experts + micro_p2p
     bubble = (p - 1) * micro
 
     dp_seconds, dp_bytes = _data_parallel(model, layout, cluster, precision, moe, wbytes)
@@ -201,6 +212,7 @@ def predict_step(
     tokens = layout.global_batch_size * s
     return StepTime(
         compute=m * micro_compute,
+        memory_bound=m * micro_memory_bound,
         tensor_parallel=m * micro_tp,
         ulysses=m * micro_ulysses,
         expert_all_to_all=m * micro_experts,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from megatron.config.schema import Config
 from megatron.planning.layout import Layout, Precision, Recompute
-from megatron.planning.memory import BucketSizes
+from megatron.planning.memory import BucketSizes, MemoryBreakdown, predict_memory
 
 
 def recompute_of(config: Config) -> Recompute:
@@ -47,3 +47,15 @@ def buckets_of(config: Config) -> BucketSizes:
 
 def trains_with_dropout(config: Config) -> bool:
     return config.model.hidden_dropout > 0 or config.model.attention_dropout > 0
+
+
+def memory_of(config: Config) -> MemoryBreakdown:
+    """The run's predicted peak memory per GPU: what the trainer logs and bench/plan_compare.py checks."""
+    return predict_memory(
+        config.model,
+        layout_of(config),
+        precision_of(config),
+        moe=config.moe if config.moe.enabled else None,
+        dropout=trains_with_dropout(config),
+        buckets=buckets_of(config),
+    )

@@ -37,7 +37,7 @@ GPUS: dict[str, GPUSpec] = {
     spec.name: spec
     for spec in (
         GPUSpec("H100", 80, 989, 3350, 450, 50, 64),
-        GPUSpec("H200", 141 * GB / GIB, 989, 4800, 450, 50, 64),
+        GPUSpec("H200", 139.8, 989, 4800, 450, 50, 64),  # "141 GB": 139.8 GiB as the device reports
         GPUSpec("A100-40", 40, 312, 1555, 300, 25, 32),
         GPUSpec("A100-80", 80, 312, 2039, 300, 25, 32),
         GPUSpec("MI300X", 192, 1307, 5300, 448, 50, 64),
@@ -49,26 +49,34 @@ GPUS: dict[str, GPUSpec] = {
 class Efficiencies:
     """Fractions of the datasheet figures that a step achieves, and the other rates the cost model needs.
 
-    Uncalibrated starting points from public measurements: large bf16 GEMMs reach 70-80% of the dense peak
-    on A100/H100, and Megatron-LM reports 40-55% model FLOP utilization end to end; ``matmul`` = 0.6 stands
-    for the GEMMs together with what the FLOP count leaves out (attention softmax, norms, activations,
-    kernel launches); NCCL's ring bus bandwidth reaches about 80% of
-    NVLink's and 80-90% of the NIC's; PCIe copies from pinned memory about 80%; a memory-bound kernel
-    (Adam's update) about 80% of HBM bandwidth. ``matmul_half_rows``: a micro batch of this many token rows
-    per GPU reaches half of ``matmul`` (small GEMMs do not fill the GPU). ``cpu_adam_params_per_s``:
-    DeepSpeedCPUAdam's AVX-512 update rate for one node's cores together (ZeRO-Offload, Ren et al. 2021,
-    reports ~1.5 s per billion parameters on 24 cores with AVX-2; AVX-512 on a 2-socket node is faster).
+    Calibrated on one H200 (bench/plan_check.py, 12 runs of pretrain_gpt.py from 125M to 3.8B, 2026-12-02;
+    bench/RESULTS.md): ``matmul``, ``elementwise_bytes_per_hidden``, ``logit_bytes_per_vocab`` and
+    ``layer_pass_seconds`` are the least-squares fit (relative error) of the measured step times, which
+    leaves every run within 12%. ``matmul``: the fraction of the dense peak the GEMMs and attention reach.
+    ``elementwise_bytes_per_hidden``: HBM bytes per token, layer, pass and hidden unit of the memory-bound
+    kernels (norms, dropout, activations, residual adds, rotary). ``logit_bytes_per_vocab``: HBM bytes per
+    token and vocabulary entry of the output layer's softmax and cross-entropy in fp32 (forward and
+    backward). ``layer_pass_seconds``: the fixed cost of one layer's forward or backward on one micro batch
+    (kernel launches, hooks), which dominates small models.
+
+    The rest are uncalibrated starting points from public figures (no multi-GPU machine was lent): NCCL's
+    ring bus bandwidth reaches about 80% of NVLink's and 80-90% of the NIC's; PCIe copies from pinned
+    memory about 80%; a memory-bound kernel (Adam's update) about 80% of HBM bandwidth.
+    ``cpu_adam_params_per_s``: DeepSpeedCPUAdam's update rate for one node's cores together, from the one
+    offloaded run measured (2.7B, ZeRO 2, the lent machine's 16 cores): nodes with more cores go faster.
     ``data_parallel_overlap``: the fraction of ZeRO's gradient and parameter traffic hidden behind the
     backward/forward compute (0: none; DeepSpeed overlaps only with overlap_comm, and stage 3 prefetches).
     """
 
-    matmul: float = 0.6
-    matmul_half_rows: int = 256
+    matmul: float = 0.573
+    elementwise_bytes_per_hidden: float = 16.7
+    logit_bytes_per_vocab: float = 172.5
+    layer_pass_seconds: float = 5.1e-4
     intra_node: float = 0.8
     inter_node: float = 0.85
     host_link: float = 0.8
     hbm: float = 0.8
-    cpu_adam_params_per_s: float = 2e9
+    cpu_adam_params_per_s: float = 1.4e9
     data_parallel_overlap: float = 0.0
     zero3_prefetch_overlap: float = 0.5
 

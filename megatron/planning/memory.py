@@ -207,6 +207,16 @@ def activation_bytes(model: ModelConfig, layout: Layout, precision: Precision, d
     return stages
 
 
+def _step_transient(states: ModelStates, parameters: int, layout: Layout, precision: Precision) -> int:
+    """What the optimizer step allocates beside the model states: the fp32 gradient copy, and under ZeRO 1
+    and 2 first the flattened half-precision gradient partition it is cast from (``stage_1_and_2.step``
+    flattens ``averaged_gradients`` before the cast; measured on an H200: 6 bytes per parameter)."""
+    flat = 0
+    if layout.zero_stage in (1, 2) and not layout.offload_optimizer:
+        flat = weight_bytes(precision) * -(-parameters // (layout.data_parallel * layout.ulysses))
+    return states.step_gradients + flat
+
+
 def predict_memory(
     model: ModelConfig,
     layout: Layout,
@@ -229,17 +239,22 @@ def predict_memory(
     for stage, parameters in enumerate(counts.per_stage):
         states = model_state_bytes(parameters, layout, precision)
         logits = logits_bytes(model, layout, value) if stage == len(counts.per_stage) - 1 else 0
+        # The step's gradient copies exist once the backward has freed the activations and logits: the
+        # peak is the larger of the two moments, so only the step's excess over them adds.
+        step_excess = max(
+            0, _step_transient(states, parameters, layout, precision) - activations[stage] - logits
+        )
         allocated = (
             states.parameters + states.gradients + states.optimizer_states + activations[stage] + logits
         )
-        allocated += temporary + states.step_gradients
+        allocated += temporary + step_excess
         candidate = MemoryBreakdown(
             parameters=states.parameters,
             gradients=states.gradients,
             optimizer_states=states.optimizer_states,
             activations=activations[stage],
             logits=logits,
-            temporary=temporary + states.step_gradients,
+            temporary=temporary + step_excess,
             fragmentation=int(FRAGMENTATION * allocated),
             host=states.host,
         )

@@ -64,6 +64,7 @@ def step_parts(candidate: Candidate) -> str:
     step = candidate.step
     parts = {
         "compute": step.compute,
+        "memory-bound kernels and launches": step.memory_bound,
         "tensor-parallel": step.tensor_parallel,
         "ulysses": step.ulysses,
         "expert all-to-all": step.expert_all_to_all,

@@ -12,8 +12,8 @@ import logging
 import torch
 
 from megatron.config.schema import Config
-from megatron.planning.from_config import buckets_of, layout_of, precision_of, trains_with_dropout
-from megatron.planning.memory import MemoryBreakdown, predict_memory
+from megatron.planning.from_config import memory_of
+from megatron.planning.memory import MemoryBreakdown
 
 logger = logging.getLogger("megatron")
 
@@ -46,14 +46,7 @@ def log_prediction(config: Config) -> MemoryBreakdown | None:
         logger.info("memory: no prediction (%s)", reason)
         return None
     try:
-        prediction = predict_memory(
-            config.model,
-            layout_of(config),
-            precision_of(config),
-            moe=None,
-            dropout=trains_with_dropout(config),
-            buckets=buckets_of(config),
-        )
+        prediction = memory_of(config)
     except Exception as error:  # a prediction is a report, never a reason to stop a run
         logger.info("memory: no prediction (%s: %s)", type(error).__name__, error)
         return None
