@@ -130,53 +130,6 @@ def stage_layers(model: ModelConfig, layout: Layout, moe: MoEConfig | None = Non
     return [max(0, min(stop, model.num_layers + 1) - max(start, 1)) for start, stop in zip(parts, parts[1:])]
 
 
-def _linear(rows: int, columns: int, bias: bool, bias_size: int) -> list[tuple[int, ...]]:
-    return [(rows, columns)] + ([(bias_size,)] if bias else [])
-
-
-def layer_shapes(
-    model: ModelConfig, tensor_parallel: int = 1, moe: MoEConfig | None = None, layer_number: int = 0
-) -> list[tuple[int, ...]]:
-    """One dense layer's parameter shapes on one rank, in the module's order (MoE layers: one flat entry
-    per layer, their order inside DeepSpeed's layer left out)."""
-    hidden, bias = model.hidden_size, model.add_bias_linear
-    norm = [(hidden,)] * (1 if model.normalization == "rmsnorm" else 2)
-    if moe is not None and moe.experts_at(layer_number) > 1:
-        return [(layer_parameters(model, tensor_parallel, moe, layer_number),)]
-    projection = model.num_attention_heads * model.head_dim
-    qkv = (projection + 2 * model.kv_heads * model.head_dim) // tensor_parallel
-    first = (2 if model.swiglu else 1) * model.ffn_hidden_size // tensor_parallel
-    ffn = model.ffn_hidden_size // tensor_parallel
-    return [
-        *norm,
-        *_linear(qkv, hidden, bias, qkv),
-        *_linear(hidden, projection // tensor_parallel, bias, hidden),
-        *norm,
-        *_linear(first, hidden, bias, first),
-        *_linear(hidden, ffn, bias, hidden),
-    ]
-
-
-def parameter_shapes(
-    model: ModelConfig, layout: Layout, moe: MoEConfig | None = None, stage: int = 0
-) -> list[tuple[int, ...]]:
-    """The shapes of one rank's parameters of pipeline stage ``stage``, in ``module.parameters()`` order:
-    the order DeepSpeed flattens them in, which decides where ZeRO's partitions cut."""
-    tensor, hidden = layout.tensor_parallel, model.hidden_size
-    vocab = model.padded_vocab_size // tensor
-    embedding = [(vocab, hidden)]
-    if model.learned_position_embeddings:
-        embedding.append((model.max_position_embeddings, hidden))
-    layers = [layer_shapes(model, tensor, moe, number) for number in range(model.num_layers)]
-    final_norm = [(hidden,)] * (1 if model.normalization == "rmsnorm" else 2)
-    output = [(vocab, hidden)] if model.untie_embeddings_and_output_weights else []
-    if layout.pipeline_parallel == 1:
-        return embedding + [shape for layer in layers for shape in layer] + final_norm + output
-    entries = [embedding, *layers, final_norm, output or embedding]
-    start, stop = stage_boundaries(model, layout, moe)[stage : stage + 2]
-    return [shape for entry in entries[start:stop] for shape in entry]
-
-
 def count_parameters(model: ModelConfig, layout: Layout, moe: MoEConfig | None = None) -> ParameterCounts:
     """Parameters per rank of each pipeline stage, the most loaded, and the whole model's."""
     tensor = layout.tensor_parallel
