@@ -197,10 +197,11 @@ def activation_bytes(model: ModelConfig, layout: Layout, precision: Precision, d
     layer's activations rebuilt during its backward."""
     value = 2 if precision in ("bf16", "fp16", "autocast") else FLOAT32
     residual = FLOAT32 if precision == "autocast" else value
-    kept = layer_activation_bytes(model, layout, value, residual, dropout)
+    autocast = precision == "autocast"
+    kept = layer_activation_bytes(model, layout, value, residual, dropout, autocast=autocast)
     rebuilt = 0
     if layout.recompute == "full":
-        rebuilt = layer_activation_bytes(model, layout, value, residual, dropout, recompute="none")
+        rebuilt = layer_activation_bytes(model, layout, value, residual, dropout, "none", autocast)
     layers = stage_layers(model, layout)
     stages = []
     for stage, count in enumerate(layers):
