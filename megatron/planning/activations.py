@@ -15,6 +15,8 @@ tensor by tensor (each storage once; views of one tensor share it):
   all-to-all's output before the output projection.
 - GeLU keeps its input; SwiGLU its [gate; up] input, silu(gate) and the product.
 - Dropout keeps a one-byte mask per element (CUDA's ``native_dropout``).
+- Under torch.autocast (fp32 weights) the residual stream and the norms stay fp32, and each linear keeps
+  the bf16 copy of its weight that autocast made.
 
 T divides what lives on the split heads and MLP columns; sequence parallelism also divides what lives on
 the residual stream (norm inputs, dropout masks) but not the gathered inputs of the column-parallel
@@ -25,8 +27,11 @@ saved is only the log-sum-exp (and Ulysses' inner output). "full" keeps each rec
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from megatron.config.schema import ModelConfig
 from megatron.planning.layout import Layout
+from megatron.planning.params import attention_parameters, mlp_parameters
 
 FLOAT32 = 4
 MASK = 1  # one bool per element of a CUDA dropout mask
@@ -37,11 +42,12 @@ def _local_tokens(layout: Layout, micro_batch: int, seq_length: int) -> int:
     return micro_batch * seq_length // layout.ulysses
 
 
-def norm_bytes(model: ModelConfig, tokens: int, value: int, residual: int) -> int:
-    """What one norm keeps for ``tokens`` rows of the residual stream (``residual``: its element size)."""
+def norm_bytes(model: ModelConfig, tokens: int, residual: int) -> int:
+    """What one norm keeps for ``tokens`` rows of the residual stream (``residual``: its element size, which
+    RMSNorm's normalised output has too)."""
     hidden = model.hidden_size
     if model.normalization == "rmsnorm":
-        return FLOAT32 * tokens * hidden + FLOAT32 * tokens + value * tokens * hidden
+        return FLOAT32 * tokens * hidden + FLOAT32 * tokens + residual * tokens * hidden
     return residual * tokens * hidden + 2 * FLOAT32 * tokens
 
 
@@ -52,12 +58,14 @@ def layer_activation_bytes(
     residual: int | None = None,
     dropout: bool = True,
     recompute: str | None = None,
+    autocast: bool = False,
 ) -> int:
     """Bytes one transformer layer keeps for one micro batch (``layout.micro_batch_size``) on one rank.
 
     ``value``: bytes per element of the activations (2 in bf16/fp16, 4 in fp32); ``residual``: of the
     residual stream (fp32 under autocast; ``value`` when None). ``dropout``: the hidden dropout is active
-    (its masks are kept). ``recompute``: the layout's when None.
+    (its masks are kept). ``recompute``: the layout's when None. ``autocast``: fp32 weights under
+    torch.autocast, whose bf16 copies of the layer's matrices the linears keep for their backward.
     """
     residual = residual or value
     recompute = recompute or layout.recompute
@@ -72,7 +80,7 @@ def layer_activation_bytes(
     ffn = model.ffn_hidden_size // tensor
     stream = tokens // split  # rows of the residual stream on this rank
 
-    saved = 2 * norm_bytes(model, stream, value, residual)
+    saved = 2 * norm_bytes(model, stream, residual)
     saved += 2 * value * tokens * hidden  # the norms' outputs, as the QKV and first MLP linears keep them
     saved += value * tokens * (query + 2 * key)  # the QKV output, alive through the value view
     if model.rotary_position_embeddings:
@@ -92,6 +100,9 @@ def layer_activation_bytes(
         saved += value * tokens * 2 * ffn  # GeLU's input and output
     if dropout and model.hidden_dropout > 0:
         saved += 2 * MASK * stream * hidden
+    if autocast:
+        matrices = replace(model, add_bias_linear=False)
+        saved += value * (attention_parameters(matrices, tensor) + mlp_parameters(matrices, tensor))
     return saved
 
 
@@ -107,7 +118,7 @@ def stage_extra_bytes(
     if first and dropout and model.hidden_dropout > 0:
         extra += MASK * tokens * model.hidden_size // split
     if last:
-        extra += norm_bytes(model, tokens // split, value, value) + value * tokens * model.hidden_size
+        extra += norm_bytes(model, tokens // split, value) + value * tokens * model.hidden_size
     return extra
 
 

@@ -9,11 +9,12 @@ and Z ranks that ZeRO partitions over (data-parallel x Ulysses), w bytes per wei
 - ZeRO 0 in bf16/fp16 (``FP16_UnfusedOptimizer``: bf16 with the default bf16 gradient accumulation):
   w*N weights and gradients, 4N fp32 master weights, 8N Adam moments, and at the step 4N fp32 gradients.
   Under the pipeline engine bf16 goes through ``BF16_Optimizer`` instead: its fp32 master weights and
-  moments are partitioned over Z, its gradient accumulation buffer is w*N.
+  moments are partitioned over Z, and a w*N gradient accumulation buffer comes beside the w*N gradients.
 - ZeRO 0 in fp32 or under autocast: the plain torch optimizer, 4N weights, 4N gradients, 8N moments.
 - ZeRO 1 and 2 (``DeepSpeedZeroOptimizer``; in DeepSpeed 0.19 both reduce-scatter in the backward hooks,
-  so both keep only the gradient partition): w*N weights, w*N/Z gradients, 4N/Z master weights (a copy
-  even of fp32 weights), 8N/Z moments, 4N/Z fp32 gradients at the step, and one reduce bucket.
+  so both keep only the gradient partition): w*N weights, w*N/Z gradients (a few percent more on some
+  ranks of a toy model: the partition keeps views into gradients beyond its share), 4N/Z master weights
+  (a copy even of fp32 weights), 8N/Z moments, 4N/Z fp32 gradients at the step, one reduce bucket.
 - ZeRO 3: as ZeRO 2 with the weights partitioned too (w*N/Z), plus the gathered weights of the layer that
   runs and of the prefetch bucket.
 - offload_optimizer moves the master weights, moments and fp32 gradient partition to the host, with
@@ -149,8 +150,10 @@ def model_state_bytes(parameters: int, layout: Layout, precision: Precision) -> 
         if weight == FLOAT32:
             return ModelStates(FLOAT32 * parameters, FLOAT32 * parameters, 8 * parameters, 0, 0)
         if layout.pipeline_parallel > 1:
+            # BF16_Optimizer: the engine's gradients and its own flat accumulation buffer (in bf16, the
+            # default gradient accumulation dtype), fp32 master weights and moments partitioned over Z.
             states = master_and_moments * partition
-            return ModelStates(weight * parameters, weight * parameters, states, FLOAT32 * partition, 0)
+            return ModelStates(weight * parameters, 2 * weight * parameters, states, FLOAT32 * partition, 0)
         states = master_and_moments * parameters
         return ModelStates(weight * parameters, weight * parameters, states, FLOAT32 * parameters, 0)
     weights = weight * (partition if layout.zero_stage == 3 else parameters)
@@ -194,10 +197,11 @@ def activation_bytes(model: ModelConfig, layout: Layout, precision: Precision, d
     layer's activations rebuilt during its backward."""
     value = 2 if precision in ("bf16", "fp16", "autocast") else FLOAT32
     residual = FLOAT32 if precision == "autocast" else value
-    kept = layer_activation_bytes(model, layout, value, residual, dropout)
+    autocast = precision == "autocast"
+    kept = layer_activation_bytes(model, layout, value, residual, dropout, autocast=autocast)
     rebuilt = 0
     if layout.recompute == "full":
-        rebuilt = layer_activation_bytes(model, layout, value, residual, dropout, recompute="none")
+        rebuilt = layer_activation_bytes(model, layout, value, residual, dropout, "none", autocast)
     layers = stage_layers(model, layout)
     stages = []
     for stage, count in enumerate(layers):

@@ -1,7 +1,7 @@
 """One rank of the model-state check: build the toolkit's engine for each ds_config given, train one
 iteration, and at the update (inside the torch optimizer's step, when DeepSpeed's fp32 gradients are
-attached) sum the bytes of every tensor the engine holds; rank 0 prints one JSON line per engine with
-what was measured and what :func:`megatron.planning.memory.model_state_bytes` predicts.
+attached) sum the bytes of every tensor the engine holds; rank 0 prints one JSON line per engine and rank
+with what was measured and what :func:`megatron.planning.memory.model_state_bytes` predicts.
 
 Usage (under torchrun): ``model_state_worker.py <flags without --deepspeed_config> -- ds1.json ds2.json``.
 """
@@ -132,32 +132,37 @@ def main(argv: list[str]) -> None:
         built = build_engine(config, parallel_context_for(config.parallel), gpt_model_provider)
         measured = measure_at_update(built, config)
         layout, precision = layout_of(config), precision_of(config)
-        counts = count_parameters(config.model, layout, config.moe)
-        states = model_state_bytes(counts.per_rank, layout, precision)
+        stage = parallel_context_for(config.parallel).pipeline_rank
+        parameters = count_parameters(config.model, layout, config.moe).per_stage[stage]
+        states = model_state_bytes(parameters, layout, precision)
         buckets = buckets_of(config)
         predicted_bucket = (
             weight_bytes(precision) * buckets.reduce_bucket_size if layout.zero_stage == 3 else 0
         )
+        record = dict(
+            ds_config=ds_config,
+            stage=layout.zero_stage,
+            precision=precision,
+            ranks=layout.num_gpus,
+            rank=torch.distributed.get_rank(),
+            optimizer=type(built.engine.optimizer).__name__,
+            measured=measured,
+            predicted=dict(
+                parameters=states.parameters,
+                model_states=states.parameters
+                + states.gradients
+                + states.optimizer_states
+                + states.step_gradients
+                + states.host,
+                host=states.host,
+                bucket=predicted_bucket,
+            ),
+        )
+        records = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(records, record)
         if torch.distributed.get_rank() == 0:
-            record = dict(
-                ds_config=ds_config,
-                stage=layout.zero_stage,
-                precision=precision,
-                ranks=layout.num_gpus,
-                optimizer=type(built.engine.optimizer).__name__,
-                measured=measured,
-                predicted=dict(
-                    parameters=states.parameters,
-                    model_states=states.parameters
-                    + states.gradients
-                    + states.optimizer_states
-                    + states.step_gradients
-                    + states.host,
-                    host=states.host,
-                    bucket=predicted_bucket,
-                ),
-            )
-            print("MODEL_STATE " + json.dumps(record), flush=True)
+            for each in records:
+                print("MODEL_STATE " + json.dumps(each), flush=True)
         built.engine.destroy()
 
 

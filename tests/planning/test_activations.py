@@ -92,6 +92,18 @@ def test_one_rank_layer_keeps_what_the_model_counts(shape, recompute):
     assert measure(config, ParallelContext.single(), recompute) == predicted
 
 
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("recompute", list(RECOMPUTE))
+def test_autocast_layer_keeps_its_bf16_weight_copies_too(shape, recompute):
+    """fp32 weights under torch.autocast: bf16 activations, an fp32 residual stream, and the bf16 copies
+    of the layer's matrices that the linears keep for their backward."""
+    config = model_config(shape)
+    layout = layer_layout(recompute)
+    predicted = layer_activation_bytes(config, layout, 2, FLOAT32, dropout=False, autocast=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert measure(config, ParallelContext.single(), recompute) == predicted
+
+
 def test_dropout_masks_are_counted_per_element():
     config = model_config("gpt", dropout=0.1)
     layout = layer_layout("none")
