@@ -145,30 +145,16 @@ def run_paths(ds_config: dict, data_prefix: str) -> list[str]:
     ]  # fmt: skip
 
 
-class TokensPerSecond(logging.Handler):
-    """The tokens/s of each of the loop's log lines, as printed."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.values: list[float] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from bench.train_throughput import TOKENS_PER_SECOND
-
-        match = TOKENS_PER_SECOND.search(record.getMessage())
-        if match:
-            self.values.append(float(match.group(1)))
-
-
 def measure(case: Case, data_prefix: str) -> dict:
     """Train the case in this process; its allocator peaks, steady tokens/s and host peak (RSS)."""
     import torch
 
+    from bench.train_throughput import LoggedThroughput
     from megatron.training.entry import configure_logging
     from pretrain_gpt import build_pretraining
 
     configure_logging()
-    logged = TokensPerSecond()
+    logged = LoggedThroughput()
     logging.getLogger("megatron").addHandler(logged)
     measured: dict = {"oom": False}
     try:
