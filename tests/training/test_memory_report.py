@@ -71,7 +71,7 @@ def test_a_failing_prediction_does_not_stop_the_run(gpt_config, caplog, monkeypa
     def fail(*args, **kwargs):
         raise ValueError("zero_stage 7")
 
-    monkeypatch.setattr(memory_report, "predict_memory", fail)
+    monkeypatch.setattr(memory_report, "memory_of", fail)
     with caplog.at_level(logging.INFO, logger="megatron"):
         assert memory_report.log_prediction(gpt_config) is None
     assert "memory: no prediction (ValueError: zero_stage 7)" in caplog.text
