@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from megatron.config.schema import ModelConfig, MoEConfig
 from megatron.planning.gpus import GB, Cluster
 from megatron.planning.layout import Layout, Precision
+from megatron.planning.memory import value_bytes, weight_bytes
 from megatron.planning.params import count_parameters, mlp_parameters, stage_layers
 from megatron.training.throughput import flops_per_token
 
@@ -71,16 +72,6 @@ class StepTime:
     def mfu(self) -> float:
         """Model FLOPs (no recomputation counted) per second over the cluster's peak."""
         return self.model_flops_per_step / self.total / self.peak_flops
-
-
-def activation_bytes(precision: Precision) -> int:
-    return 4 if precision == "fp32" else 2
-
-
-def weight_bytes(precision: Precision) -> int:
-    """Bytes of a weight as the engine holds and communicates it: half precision with bf16/fp16 (DeepSpeed's
-    communication_data_type default), fp32 with autocast (fp32 weights) and fp32."""
-    return 2 if precision in ("bf16", "fp16") else 4
 
 
 def layer_flops_per_token(model: ModelConfig, recompute: bool = False) -> float:
@@ -154,7 +145,7 @@ def predict_step(
         model.seq_length,
         model.hidden_size,
     )
-    act, wbytes = activation_bytes(precision), weight_bytes(precision)
+    act, wbytes = value_bytes(precision), weight_bytes(precision)
     moe_per_stage = sum(1 for n in range(model.num_layers) if moe and moe.experts_at(n) > 1)  # P = 1
 
     # Compute of one micro batch on the slowest stage.

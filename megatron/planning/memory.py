@@ -122,7 +122,14 @@ class MemoryBreakdown:
 
 
 def weight_bytes(precision: Precision) -> int:
+    """Bytes of a weight as the engine holds and communicates it: half precision with bf16/fp16 (DeepSpeed's
+    communication_data_type default), fp32 with autocast (fp32 weights) and fp32."""
     return 2 if precision in ("bf16", "fp16") else FLOAT32
+
+
+def value_bytes(precision: Precision) -> int:
+    """Bytes of an activation: half precision under bf16, fp16 and autocast, fp32 otherwise."""
+    return 2 if precision in ("bf16", "fp16", "autocast") else FLOAT32
 
 
 def _check(layout: Layout, precision: Precision) -> None:
@@ -196,7 +203,7 @@ def _in_flight(layout: Layout, stage: int) -> int:
 def activation_bytes(model: ModelConfig, layout: Layout, precision: Precision, dropout: bool) -> list[int]:
     """Per pipeline stage: the activations of the micro batches in flight, plus under full recompute one
     layer's activations rebuilt during its backward."""
-    value = 2 if precision in ("bf16", "fp16", "autocast") else FLOAT32
+    value = value_bytes(precision)
     residual = FLOAT32 if precision == "autocast" else value
     autocast = precision == "autocast"
     kept = layer_activation_bytes(model, layout, value, residual, dropout, autocast=autocast)
@@ -238,7 +245,7 @@ def predict_memory(
     buckets = buckets or BucketSizes()
     counts = count_parameters(model, layout, moe)
     activations = activation_bytes(model, layout, precision, dropout)
-    value = 2 if precision in ("bf16", "fp16", "autocast") else FLOAT32
+    value = value_bytes(precision)
     temporary = temporary_bytes(model, layout, precision, moe, buckets)
     best: MemoryBreakdown | None = None
     for stage, parameters in enumerate(counts.per_stage):
