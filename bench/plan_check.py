@@ -10,10 +10,11 @@ that the allocator's peak is the case's alone and an out-of-memory case is recor
     python bench/plan_check.py --compare bench/plan_measurements.json        # predicted vs measured table
     python bench/plan_check.py --list
 
-Two groups of cases: ``configs`` spans 125M to 7B, ZeRO 0-3, recompute none/selective/full, offload and
-micro batches 1-16; ``ranking`` is one model and GPU (a 3.8B LLaMA shape at 4096 tokens on one H200, whose
-micro batches beyond 2 fit only with recomputation) measured in several layouts the planner considers, to
-check that its first choice is within 10% of the fastest. The stored file keeps each case's flags and
+``configs`` spans 125M to 7B, ZeRO 0-3, recompute none/selective/full, offload and micro batches 1-16.
+Each ranking group is one model and GPU measured in several layouts the planner considers feasible, to
+check that its first choice is within 10% of the fastest: ``ranking``, a 3.8B LLaMA shape at 4096 tokens
+whose micro batches beyond 2 fit only with recomputation, and ``ranking-long``, the same shape at 16384
+tokens, which fits only with full recomputation or ZeRO-Offload. The stored file keeps each case's flags and
 ds_config, so the comparison rebuilds the run's validated config exactly as ``pretrain_gpt.py`` did.
 """
 
@@ -57,7 +58,7 @@ class Case:
     zero_stage: int
     recompute: str = "none"  # none | selective | full
     offload_optimizer: bool = False
-    group: str = "configs"  # configs | ranking
+    group: str = "configs"  # configs | ranking | ranking-long
     iterations: int = 6
 
 
@@ -70,6 +71,13 @@ def _ranking(name: str, micro: int, zero: int, recompute: str = "none") -> Case:
     return Case(name, "llama-3.8b", 4096, micro, 16, zero, recompute, group="ranking", iterations=4)
 
 
+def _long_ranking(name: str, micro: int, zero: int, recompute: str, offload: bool = False) -> Case:
+    """The 3.8B shape at 16384 tokens: without recomputation not even micro batch 1 fits one H200 (164 GiB
+    predicted) unless the optimizer goes to the host, so each feasible layout recomputes or offloads."""
+    return Case(name, "llama-3.8b", 16384, micro, 8, zero, recompute, offload, "ranking-long", iterations=4)
+
+
+GROUPS = ("configs", "ranking", "ranking-long")
 CASES = {
     case.name: case
     for case in (
@@ -80,7 +88,7 @@ CASES = {
         Case("gpt2.7b-z2-offload-sel-mb2", "gpt-2.7b", 2048, 2, 8, 2, "selective", True),
         Case("tinyllama-z1-none-mb8", "tinyllama", 2048, 8, 16, 1),
         # ZeRO-1 with full recomputation does not fit (measured: out of memory at the fp32 gradients).
-        Case("llama7b-z2-offload-full-mb4", "llama2-7b", 4096, 4, 16, 2, "full", True, iterations=4),
+        Case("llama7b-z1-full-mb2", "llama2-7b", 4096, 2, 16, 1, "full", iterations=5),
         _ranking("llama3.8b-z1-none-mb1", 1, 1),
         _ranking("llama3.8b-z1-none-mb2", 2, 1),
         _ranking("llama3.8b-z1-sel-mb2", 2, 1, "selective"),
@@ -89,6 +97,12 @@ CASES = {
         _ranking("llama3.8b-z0-none-mb2", 2, 0),
         _ranking("llama3.8b-z3-none-mb2", 2, 3),
         _ranking("llama3.8b-z1-none-mb4", 4, 1),
+        _long_ranking("llama3.8b-16k-z0-full-mb4", 4, 0, "full"),
+        _long_ranking("llama3.8b-16k-z1-full-mb2", 2, 1, "full"),
+        _long_ranking("llama3.8b-16k-z3-full-mb1", 1, 3, "full"),
+        _long_ranking("llama3.8b-16k-z2-offload-none-mb1", 1, 2, "none", offload=True),
+        _long_ranking("llama3.8b-16k-z1-offload-full-mb4", 4, 1, "full", offload=True),
+        _long_ranking("llama3.8b-16k-z0-full-mb1", 1, 0, "full"),
     )
 }
 
@@ -171,6 +185,7 @@ def measure(case: Case, data_prefix: str) -> dict:
         tokens_per_second=statistics.median(steady) if steady else None,
         tokens_per_second_per_line=logged.values,
         host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        host_memory_bytes=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
     )
     return measured
 
@@ -212,14 +227,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--list", action="store_true", help="print the cases")
     parser.add_argument("--only", default=None, help="comma-separated case names (default: all)")
-    parser.add_argument("--group", choices=("configs", "ranking"), default=None, help="only this group")
+    parser.add_argument("--group", choices=GROUPS, default=None, help="only this group")
     parser.add_argument("--out", type=Path, help="where the measurements go (JSON)")
     parser.add_argument("--compare", type=Path, help="a measurements file: print predicted vs measured")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # one case in this process (run_cases' child)
     args = parser.parse_args()
     if args.list:
         for case in CASES.values():
-            print(f"{case.name:30} {case.group:8} {' '.join(case_flags(case))}")
+            print(f"{case.name:30} {case.group:15} {' '.join(case_flags(case))}")
         return
     if args.measure:
         import torch

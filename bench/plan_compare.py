@@ -17,7 +17,7 @@ from megatron.planning.cost import predict_step
 from megatron.planning.from_config import layout_of, memory_of, precision_of
 from megatron.planning.gpus import GIB, Cluster, gpu_spec
 from megatron.planning.layout import Layout
-from megatron.planning.search import PlanRequest, search
+from megatron.planning.search import PlanRequest, SearchResult, search
 from megatron.planning.write import without_layout_flags
 
 MEMORY_BOUND = 0.10
@@ -89,24 +89,34 @@ def compare(record: dict) -> Comparison:
     )
 
 
-def planner_first_choice(records: list[dict]) -> Layout:
-    """The layout the planner ranks first for the ranking cases' model, batch and GPU (one, as measured),
-    searched over every layout it considers, not only the measured ones."""
-    record = next(r for r in records if r["case"]["group"] == "ranking")
-    cluster = Cluster(num_gpus=1, gpus_per_node=1, gpu=gpu_spec(GPU_NAMES[record["device"]]))
+def ranking_groups(records: list[dict]) -> list[str]:
+    """The groups of runs that each measure several layouts of one model, batch and GPU."""
+    return sorted({r["case"]["group"] for r in records if r["case"]["group"].startswith("ranking")})
+
+
+def planner_search(records: list[dict], group: str) -> SearchResult:
+    """The planner's search for the group's model, batch and GPU (one, as measured, in a node of the
+    measuring machine's host memory), over every layout it considers, not only the measured ones."""
+    record = next(r for r in records if r["case"]["group"] == group)
+    host_bytes = record["measured"].get("host_memory_bytes")
+    host = {"host_memory_gib": host_bytes / GIB} if host_bytes else {}
+    cluster = Cluster(num_gpus=1, gpus_per_node=1, gpu=gpu_spec(GPU_NAMES[record["device"]]), **host)
     argv = tuple(without_layout_flags(record["flags"]))
-    result = search(PlanRequest(argv, record["tokenizer_vocab_size"], cluster))
-    return result.feasible[0].layout
+    return search(PlanRequest(argv, record["tokenizer_vocab_size"], cluster))
 
 
-def ranking_regret(records: list[dict]) -> tuple[str, str, float]:
-    """(the measured case that is the planner's first choice, the fastest measured ranking case, how much
-    slower the first choice measured than the fastest). KeyError: the first choice was not measured."""
-    chosen = planner_first_choice(records)
+def planner_first_choice(records: list[dict], group: str) -> Layout:
+    return planner_search(records, group).feasible[0].layout
+
+
+def ranking_regret(records: list[dict], group: str) -> tuple[str, str, float]:
+    """(the measured case that is the planner's first choice, the fastest measured case of the group, how
+    much slower the first choice measured than the fastest). KeyError: the first choice was not measured."""
+    chosen = planner_first_choice(records, group)
     measured = {
         r["case"]["name"]: r["measured"]["tokens_per_second"]
         for r in records
-        if r["case"]["group"] == "ranking" and not r["measured"]["oom"]
+        if r["case"]["group"] == group and not r["measured"]["oom"]
     }
     by_layout = {
         layout_of(rebuilt_config(r)): r["case"]["name"] for r in records if r["case"]["name"] in measured
@@ -147,10 +157,10 @@ def comparison_table(records: list[dict]) -> str:
                 f"({100 * c.speed_error:+.1f}%)"
             )
         lines.append(f"| {c.name} | {memory}{fits if not c.oom else ''} | {reserved} | {speed} |")
-    if any(c.group == "ranking" for c in comparisons):
-        chosen, fastest, regret = ranking_regret(records)
+    for group in ranking_groups(records):
+        chosen, fastest, regret = ranking_regret(records, group)
         lines.append(
-            f"\nRanking: the planner's first choice is {chosen}, the fastest measured {fastest}; "
+            f"\n{group}: the planner's first choice is {chosen}, the fastest measured {fastest}; "
             f"the first choice measured {100 * regret:.1f}% slower."
         )
     return "\n".join(lines)

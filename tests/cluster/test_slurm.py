@@ -88,10 +88,14 @@ def test_job_saves_on_the_time_limit_warning_requeues_and_resumes(
         assert "training step exited with status 4" in first_part
     assert (tmp_path / "warned" / "latest").read_text() == f"global_step{stop}"
 
-    # Slurm holds a requeued job back for a while (reason BeginTime): let it start now.
+    # Slurm holds a requeued job back for a while (reason BeginTime): let it start now, but not within the
+    # second its first run's credential was revoked in, which slurmd compares at one-second resolution
+    # ("Killing non-startable batch job: Job credential revoked").
     slurm_cluster.wait_state(job, {"PENDING"}, timeout=60)
+    time.sleep(2)
     slurm_cluster.command("scontrol", "update", f"JobId={job}", "StartTime=now")
-    assert slurm_cluster.wait_state(job, {"COMPLETED", "FAILED"}, timeout=180) == "COMPLETED"
+    state = slurm_cluster.wait_state(job, {"COMPLETED", "FAILED"}, timeout=180)
+    assert state == "COMPLETED", log.read_text()[-6000:]
     resumed = log.read_text()[len(first_part) :]
     assert "(restart 1)" in resumed
     assert sorted(losses(resumed)) == list(range(stop + 1, TRAIN_ITERS + 1))
