@@ -62,9 +62,14 @@ class Case:
     iterations: int = 6
 
 
-# LLaMA-style shapes that are no preset: (layers, hidden, heads, FFN, key/value heads). TinyLlama-1.1B, and
-# a 3.8B whose states fit one H200 but whose larger micro batches need recomputation.
-LLAMA_SHAPES = {"tinyllama": (22, 2048, 32, 5632, 4), "llama-3.8b": (32, 3072, 24, 8192, 24)}
+# LLaMA-style shapes that are no preset: (layers, hidden, heads, FFN, key/value heads). TinyLlama-1.1B, a
+# 3.8B whose states fit one H200 but whose larger micro batches need recomputation, and LLaMA-2-7B's layer
+# 26 times (5.5B), the largest of that width whose states fit one H200 without offload.
+LLAMA_SHAPES = {
+    "tinyllama": (22, 2048, 32, 5632, 4),
+    "llama-3.8b": (32, 3072, 24, 8192, 24),
+    "llama-5.5b": (26, 4096, 32, 11008, 32),
+}
 
 
 def _ranking(name: str, micro: int, zero: int, recompute: str = "none") -> Case:
@@ -89,6 +94,7 @@ CASES = {
         Case("tinyllama-z1-none-mb8", "tinyllama", 2048, 8, 16, 1),
         # ZeRO-1 with full recomputation does not fit (measured: out of memory at the fp32 gradients).
         Case("llama7b-z1-full-mb2", "llama2-7b", 4096, 2, 16, 1, "full", iterations=5),
+        Case("llama5.5b-z0-none-mb1", "llama-5.5b", 4096, 1, 16, 0, iterations=4),
         _ranking("llama3.8b-z1-none-mb1", 1, 1),
         _ranking("llama3.8b-z1-none-mb2", 2, 1),
         _ranking("llama3.8b-z1-sel-mb2", 2, 1, "selective"),
