@@ -62,7 +62,8 @@ def test_the_offload_layout_killed_for_host_memory_is_rejected_for_it():
     was killed for host memory on one H200 whose host has 125.8 GiB."""
     record = next(r for r in RECORDS if r["case"]["name"] == "llama7b-z1-full-mb2")
     h200 = Cluster(num_gpus=1, gpus_per_node=1, gpu=gpu_spec("H200"), host_memory_gib=125.8)
-    result = search(PlanRequest(tuple(without_layout_flags(record["flags"])), 8192, h200))
+    argv = tuple(without_layout_flags(record["flags"]))
+    result = search(PlanRequest(argv, record["tokenizer_vocab_size"], h200))
     killed = Layout(1, 1, 1, 3, 2, 8, "none", offload_optimizer=True)
     assert [r.rule for r in result.rejected if r.layout == killed] == [
         "host memory: offload does not fit in a node's memory"
