@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 
 from megatron.config.errors import ConfigError
@@ -19,6 +20,8 @@ from megatron.training.nonfinite import NonFiniteError
 # Where rank 0 writes its exit status, when set: DeepSpeed's runner exits 0 for a launch killed by a
 # signal, so the example scripts check this file instead (examples_deepspeed/launch_checked.sh).
 EXIT_STATUS_FILE_VARIABLE = "MEGATRON_EXIT_STATUS_FILE"
+CONFIG_ERROR_STATUS = 2
+RANK0_REPORTS_FIRST_S = 3.0
 
 
 def configure_logging() -> None:
@@ -44,7 +47,11 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     watch_launchers()
     _record_status(f"running {os.getpid()}")
     status = _run(main, argv)
+    # Recorded before the teardown: a rank that dies in the final barrier must not erase a status that
+    # is already decided (launch_checked then reports the run as killed).
     _record_status(str(status))
+    if status != CONFIG_ERROR_STATUS:
+        shutdown_distributed()
     return status
 
 
@@ -61,16 +68,16 @@ def _run(main: Callable[[list[str] | None], object], argv: list[str] | None) -> 
         main(argv)
     except ConfigError as error:
         _print_on_rank0(f"error: {error}")
-        return 2
+        if _rank() != 0:
+            # A launcher stops the other ranks at the first one's exit: let rank 0 print the error first.
+            time.sleep(RANK0_REPORTS_FIRST_S)
+        return CONFIG_ERROR_STATUS
     except NonFiniteError as error:  # one line and status 3; every rank stops at the same check
         _print_on_rank0(f"error: {error}")
-        shutdown_distributed()
         return NONFINITE_EXIT_STATUS
     except TrainingInterrupted as error:  # every rank stops after the same iteration
         _print_on_rank0(str(error))
-        shutdown_distributed()
         return INTERRUPTED_EXIT_STATUS
-    shutdown_distributed()
     return 0
 
 
