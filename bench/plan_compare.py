@@ -94,15 +94,22 @@ def ranking_groups(records: list[dict]) -> list[str]:
     return sorted({r["case"]["group"] for r in records if r["case"]["group"].startswith("ranking")})
 
 
-def planner_search(records: list[dict], group: str) -> SearchResult:
-    """The planner's search for the group's model, batch and GPU (one, as measured, in a node of the
-    measuring machine's host memory), over every layout it considers, not only the measured ones."""
-    record = next(r for r in records if r["case"]["group"] == group)
+def record_search(record: dict, host_memory_gib: float | None = None) -> SearchResult:
+    """The planner's search for the record's model and batch on its GPU (one, as measured), over every
+    layout it considers, not only the measured one. The node's host memory is ``host_memory_gib``, else
+    the measuring machine's where the record has it, else the planner's default."""
     host_bytes = record["measured"].get("host_memory_bytes")
-    host = {"host_memory_gib": host_bytes / GIB} if host_bytes else {}
+    if host_memory_gib is None and host_bytes:
+        host_memory_gib = host_bytes / GIB
+    host = {} if host_memory_gib is None else {"host_memory_gib": host_memory_gib}
     cluster = Cluster(num_gpus=1, gpus_per_node=1, gpu=gpu_spec(GPU_NAMES[record["device"]]), **host)
     argv = tuple(without_layout_flags(record["flags"]))
     return search(PlanRequest(argv, record["tokenizer_vocab_size"], cluster))
+
+
+def planner_search(records: list[dict], group: str) -> SearchResult:
+    """The search for a ranking group's model, batch and GPU (see :func:`record_search`)."""
+    return record_search(next(r for r in records if r["case"]["group"] == group))
 
 
 def planner_first_choice(records: list[dict], group: str) -> Layout:

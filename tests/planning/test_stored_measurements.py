@@ -17,11 +17,9 @@ from bench.plan_compare import (
     planner_search,
     ranking_groups,
     ranking_regret,
+    record_search,
 )
-from megatron.planning.gpus import Cluster, gpu_spec
 from megatron.planning.layout import Layout
-from megatron.planning.search import PlanRequest, search
-from megatron.planning.write import without_layout_flags
 
 MEASUREMENTS = Path(__file__).resolve().parents[2] / "bench" / "plan_measurements.json"
 RECORDS = json.loads(MEASUREMENTS.read_text())["records"]
@@ -61,9 +59,7 @@ def test_the_offload_layout_killed_for_host_memory_is_rejected_for_it():
     """bench/RESULTS.md, 2026-12-03: LLaMA-2-7B at 4096 tokens with ZeRO 3 and ZeRO-Offload, micro batch 2,
     was killed for host memory on one H200 whose host has 125.8 GiB."""
     record = next(r for r in RECORDS if r["case"]["name"] == "llama7b-z1-full-mb2")
-    h200 = Cluster(num_gpus=1, gpus_per_node=1, gpu=gpu_spec("H200"), host_memory_gib=125.8)
-    argv = tuple(without_layout_flags(record["flags"]))
-    result = search(PlanRequest(argv, record["tokenizer_vocab_size"], h200))
+    result = record_search(record, host_memory_gib=125.8)
     killed = Layout(1, 1, 1, 3, 2, 8, "none", offload_optimizer=True)
     assert [r.rule for r in result.rejected if r.layout == killed] == [
         "host memory: offload does not fit in a node's memory"
