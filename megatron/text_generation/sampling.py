@@ -19,10 +19,16 @@ def sample(
     ``top_k`` 0 and ``top_p`` 0 sample from the whole distribution. Ties in the top-k cut keep every
     token tied with the k-th; top-p keeps the smallest set of most likely tokens whose probability reaches
     ``top_p`` (always at least the most likely one).
+
+    A client may send any positive temperature, down to 5e-324, which is 0 in float32. So the temperature is
+    raised to the logits' smallest normal number, and each row is shifted to make its largest logit 0 before
+    the division (the distribution is the same): the largest logit then divides to 0, not to NaN or
+    infinity, and the softmax stays finite. Such a temperature samples among the tied largest logits.
     """
     if greedy:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    temperature = max(temperature, torch.finfo(logits.dtype).tiny)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

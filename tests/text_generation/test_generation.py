@@ -176,6 +176,10 @@ def test_sampling_sets():
     assert top_p == {0, 1}
     assert {int(sample(logits, False, 1.0, 0, 1e-6, seeded)) for _ in range(50)} == {0}
     assert int(sample(logits, True, 1.0, 0, 0.0, None)) == 0
+    for top_k, top_p in ((0, 0.0), (2, 0.0), (0, 0.5)):
+        assert int(sample(logits, False, 5e-324, top_k, top_p, seeded)) == 0
+    tied = torch.tensor([[1e30, 1e30, -1e30]])
+    assert {int(sample(tied, False, 5e-324, 0, 0.0, seeded)) for _ in range(50)} == {0, 1}
     assert decayed_top_p(0.9, 0.5, 0.3, 2) == 0.3 and decayed_top_p(0.9, 0.5, 0.1, 1) == 0.45
 
 

@@ -65,6 +65,20 @@ def test_generate_continues_each_prompt(live: Live) -> None:
     assert repeat.json() == answer
 
 
+@pytest.mark.parametrize("temperature", [5e-324, 1e-30, 100.0])
+def test_extreme_valid_temperatures_are_served(live: Live, temperature: float) -> None:
+    """The fuzzer's find: 5e-324 is 0 in float32 and made the softmax NaN (a 500)."""
+    body = {
+        "prompts": ["In the beginning"],
+        "tokens_to_generate": 4,
+        "temperature": temperature,
+        "random_seed": 0,
+    }
+    response = live.put(body)
+    assert response.status_code == 200, response.text
+    assert response.json()["text"][0].startswith("In the beginning")
+
+
 def test_logprobs_only_when_asked(live: Live) -> None:
     answer = live.put({"prompts": ["Hello"], "tokens_to_generate": 2, "random_seed": -1}).json()
     assert "logprobs" not in answer and len(answer["text"]) == 1
