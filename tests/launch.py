@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from megatron.training.distributed import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VOCAB_FILE = REPO_ROOT / "data" / "tokenizer" / "gpt2-bpe" / "vocab.json"
@@ -22,6 +22,50 @@ BERT_VOCAB_FILE = REPO_ROOT / "data" / "tokenizer" / "bert-wordpiece" / "vocab.t
 
 LOSS_PATTERN = re.compile(r"iteration\s+(\d+)/.*?\| lm loss: (\S+) \|")
 VALID_PATTERN = re.compile(r"validation loss at .*? \| lm loss value: (\S+) \|")
+
+
+# What a launcher sets for its processes. A test that starts a process group inside pytest (a group of one
+# for in-process code) leaves them in os.environ; a child started with them would join that group's port.
+PROCESS_GROUP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+# Test ports come from below the kernel's ephemeral range: a port found free there could be taken, before
+# the launched rank binds it, as the local end of one of the many gloo connections of a test running
+# beside it (pytest-xdist), and a rank would then stop at "MASTER_PORT ... already in use".
+LOWEST_TEST_PORT = 10_000
+
+
+def child_env(**variables: str) -> dict[str, str]:
+    """The environment for a process a test starts: this process's, without the process-group variables
+    (see ``PROCESS_GROUP_VARIABLES``), with ``variables`` added."""
+    env = {name: value for name, value in os.environ.items() if name not in PROCESS_GROUP_VARIABLES}
+    return {**env, **variables}
+
+
+def first_ephemeral_port() -> int:
+    """The lowest port the kernel hands out as the local end of a connection."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+        return int(ports.read().split()[0])
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on now, from this pytest-xdist worker's own block of the ports below
+    the ephemeral range, so that two workers never pick the same one. Where the ephemeral range starts
+    below ``LOWEST_TEST_PORT`` (a machine configured so), the kernel picks it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    block = (first_ephemeral_port() - LOWEST_TEST_PORT) // workers
+    if block < 1:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+    start = LOWEST_TEST_PORT + worker * block
+    for port in random.SystemRandom().sample(range(start, start + block), min(block, 200)):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {start}-{start + block - 1}")
 
 
 GPT2_TOKENIZER_FLAGS = (
@@ -91,7 +135,7 @@ def run_example(script: str, variables: dict[str, str], timeout: int) -> subproc
     """Run ``examples_deepspeed/<script>`` as users do, with ``variables`` added to the environment, one
     thread per process and a free rendezvous port (the session's MASTER_PORT may be held by this pytest
     process's own process group); the test fails unless the script exits 0."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()), **variables}
+    env = child_env(OMP_NUM_THREADS="1", MASTER_PORT=str(free_port()), **variables)
     completed = subprocess.run(
         ["bash", f"examples_deepspeed/{script}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
         timeout=timeout,
@@ -129,7 +173,7 @@ def pretrain_command(
     port: int | None | str = "free",
 ) -> tuple[list[str], dict]:
     """The command line and environment that :func:`run_pretrain` runs (arguments as there)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1" if nproc > 1 else "2", "WANDB_MODE": "offline"}
+    env = child_env(OMP_NUM_THREADS="1" if nproc > 1 else "2", WANDB_MODE="offline")
     env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
     script = str(REPO_ROOT / script)
     port = str(free_port() if port == "free" else port)

@@ -1,10 +1,21 @@
-"""tests/launch.py: a launch whose rank aborts at start-up runs once more; other failures are kept."""
+"""tests/launch.py: a launch whose rank aborts at start-up runs once more; other failures are kept. Test
+processes get ports of their pytest-xdist worker's own block and no inherited process-group variables."""
 
 from __future__ import annotations
 
+import socket
 import sys
 
-from tests.launch import launch
+import pytest
+
+from tests.launch import (
+    LOWEST_TEST_PORT,
+    PROCESS_GROUP_VARIABLES,
+    child_env,
+    first_ephemeral_port,
+    free_port,
+    launch,
+)
 
 # Fails like the start-up abort while its marker file is missing, then succeeds; or always fails alike.
 SCRIPT = """
@@ -40,3 +51,38 @@ def test_other_failures_are_not_retried(tmp_path):
     )
     completed = launch([sys.executable, "-c", script], {}, timeout=60)
     assert completed.returncode == 3 and "AssertionError" not in completed.stderr
+
+
+@pytest.mark.parametrize("worker", [0, 1, 2])
+def test_each_worker_takes_free_ports_from_its_own_block_below_the_ephemeral_range(monkeypatch, worker):
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{worker}")
+    block = (first_ephemeral_port() - LOWEST_TEST_PORT) // 3
+    start = LOWEST_TEST_PORT + worker * block
+    assert all(start <= free_port() < start + block for _ in range(50))
+
+
+def test_a_port_that_is_listened_on_is_never_handed_out(monkeypatch):
+    """Blocks of two ports: with one held the other comes back every time; with both held, an error."""
+    workers = (first_ephemeral_port() - LOWEST_TEST_PORT) // 2
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", str(workers))
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw5")
+    first = LOWEST_TEST_PORT + 5 * 2
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", first))
+        holder.listen()
+        assert {free_port() for _ in range(20)} == {first + 1}
+        with socket.socket() as second_holder:
+            second_holder.bind(("127.0.0.1", first + 1))
+            second_holder.listen()
+            with pytest.raises(RuntimeError, match=f"no free port in {first}-{first + 1}"):
+                free_port()
+
+
+def test_children_do_not_inherit_this_process_group(monkeypatch):
+    for name in PROCESS_GROUP_VARIABLES:
+        monkeypatch.setenv(name, "7")
+    monkeypatch.setenv("SOMETHING_ELSE", "kept")
+    env = child_env(MASTER_PORT="1234")
+    assert env["SOMETHING_ELSE"] == "kept" and env["MASTER_PORT"] == "1234"
+    assert not (set(PROCESS_GROUP_VARIABLES) - {"MASTER_PORT"}) & set(env)

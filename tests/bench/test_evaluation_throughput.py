@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from tests.launch import REPO_ROOT
+from tests.launch import REPO_ROOT, child_env
 
 TINY = [
     "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "64",
@@ -23,6 +23,7 @@ def test_both_sides_score_the_same_windows_to_the_same_loss():
     completed = subprocess.run(
         [sys.executable, "bench/evaluation_throughput.py", "--model", "large", *TINY],
         cwd=REPO_ROOT,
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=300,

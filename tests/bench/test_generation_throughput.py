@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.launch import REPO_ROOT
+from tests.launch import REPO_ROOT, child_env
 
 TINY = [
     "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--dtype", "fp32",
@@ -27,6 +27,7 @@ def test_every_row_gets_its_tokens_and_hf_generates_the_same(model, flags):
     completed = subprocess.run(
         [sys.executable, "bench/generation_throughput.py", "--model", model, *TINY, *flags],
         cwd=REPO_ROOT,
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=300,

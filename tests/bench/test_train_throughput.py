@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.launch import REPO_ROOT
+from tests.launch import REPO_ROOT, child_env
 
 TINY = [
     "--model", "small", "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
@@ -21,6 +21,7 @@ def run_bench(*flags: str) -> str:
     completed = subprocess.run(
         [sys.executable, "bench/train_throughput.py", *TINY, *flags],
         cwd=REPO_ROOT,
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=600,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch import REPO_ROOT, free_port, run_pretrain, tiny_model_flags, write_ds_config
+from tests.launch import REPO_ROOT, child_env, free_port, run_pretrain, tiny_model_flags, write_ds_config
 
 # Installed into the training process through PYTHONPATH: once the first file of global_step4 is on disk,
 # torch.save announces it and stalls, so the test can kill the process in the middle of that save.
@@ -39,12 +39,9 @@ def test_save_killed_half_way_keeps_the_previous_checkpoint(gpt_data_prefix, tmp
         "--deepspeed_config", str(write_ds_config(tmp_path / "ds.json", 1)),
         "--save", str(save), "--save-interval", "2",
     ]  # fmt: skip
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{hook}{os.pathsep}{REPO_ROOT}",
-        "STALL_MARKER": str(marker),
-        "MASTER_PORT": str(free_port()),
-    }
+    env = child_env(
+        PYTHONPATH=f"{hook}{os.pathsep}{REPO_ROOT}", STALL_MARKER=str(marker), MASTER_PORT=str(free_port())
+    )
     process = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "pretrain_gpt.py"), *flags],
         cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

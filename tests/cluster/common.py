@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch import LOSS_PATTERN, REPO_ROOT, tiny_model_flags, write_ds_config
+from tests.launch import LOSS_PATTERN, REPO_ROOT, child_env, tiny_model_flags, write_ds_config
 
 # The tiny GPT of tests/launch.py through the variables of examples_deepspeed/gpt_job_args.sh (fp32 on
 # CPU), and the flags that script leaves at pretrain_gpt.py's defaults, passed as the script's arguments.
@@ -34,7 +34,7 @@ TINY_GPT_SCRIPT_FLAGS = [
 def script_env(data_prefix: str, train_iters: int, **variables: str) -> dict[str, str]:
     """The environment in which an example script trains the tiny GPT on ``data_prefix``."""
     return {
-        **os.environ,
+        **child_env(),
         "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "OMP_NUM_THREADS": "1",
         "WANDB_MODE": "offline",

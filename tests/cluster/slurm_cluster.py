@@ -22,8 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from megatron.training.distributed import free_port
 from tests.cluster.common import require_commands
+from tests.launch import child_env, free_port
 
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_PID = Path("/run/munge/munged.pid")
@@ -43,7 +43,7 @@ class SlurmCluster:
         root; returns the job id. A refused submission fails with sbatch's message."""
         completed = subprocess.run(
             ["sbatch", "--parsable", *options, str(script), *arguments],
-            env={**(env or os.environ), **self.env},
+            env={**(env or child_env()), **self.env},
             cwd=Path(__file__).resolve().parents[2],
             capture_output=True,
             text=True,
@@ -52,7 +52,7 @@ class SlurmCluster:
         return int(completed.stdout.strip().split(";")[0])
 
     def command(self, *argv: str) -> str:
-        return subprocess.run(argv, env={**os.environ, **self.env}, capture_output=True, text=True).stdout
+        return subprocess.run(argv, env=child_env(**self.env), capture_output=True, text=True).stdout
 
     def job_field(self, job_id: int, field: str) -> str:
         """A field of ``scontrol show job`` (``JobState``, ``Reason``, ``Restarts``, ``ExitCode``...)."""
@@ -146,7 +146,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
     pids: list[int] = []
     try:
         for daemon, pid_file in (("slurmctld", "slurmctld.pid"), ("slurmd", "slurmd.pid")):
-            subprocess.run([daemon, "-f", str(config)], env={**os.environ, **env}, check=True)
+            subprocess.run([daemon, "-f", str(config)], env=child_env(**env), check=True)
             deadline = time.monotonic() + 20
             while not (folder / pid_file).exists() and time.monotonic() < deadline:
                 time.sleep(0.2)

@@ -33,11 +33,10 @@ from megatron.config.schema import ParallelConfig  # noqa: E402
 from megatron.evaluation.harness import HarnessModel, rolling_samples  # noqa: E402
 from megatron.model import GPTModel  # noqa: E402
 from megatron.text_generation.generator import ModelTextGenerator  # noqa: E402
-from megatron.training.distributed import free_port  # noqa: E402
 from tasks.eval_harness.evaluate import main as evaluate_main  # noqa: E402
 from tests.data.corpora import MERGES, VOCAB  # noqa: E402
-from tests.evaluation.test_zeroshot import LAMBADA, PROCESS_GROUP_VARIABLES, WIKITEXT, random_models  # noqa: E402
-from tests.launch import REPO_ROOT  # noqa: E402
+from tests.evaluation.test_zeroshot import LAMBADA, WIKITEXT, random_models  # noqa: E402
+from tests.launch import REPO_ROOT, child_env, free_port  # noqa: E402
 from tests.text_generation.conftest import TINY_GPT  # noqa: E402
 from tools.convert_checkpoint_to_hf import write_tokenizer_files  # noqa: E402
 
@@ -316,8 +315,7 @@ def test_tensor_parallel_results_equal_one_process(one_process_results, checkpoi
         str(REPO_ROOT / "tasks" / "eval_harness" / "evaluate.py"),
         *harness_flags(checkpoint[0], task_folder, results), "--tensor-model-parallel-size", "2",
     ]  # fmt: skip
-    env = {name: value for name, value in os.environ.items() if name not in PROCESS_GROUP_VARIABLES}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
     assert "tensor-parallel size 2" in completed.stdout + completed.stderr

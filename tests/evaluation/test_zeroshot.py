@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -35,9 +34,16 @@ from megatron.evaluation.wikitext import (  # noqa: E402
     wikitext_data,
 )
 from megatron.model import GPTModel  # noqa: E402
-from megatron.training.distributed import free_port  # noqa: E402
 from tests.data.corpora import MERGES, VOCAB  # noqa: E402
-from tests.launch import LLAMA_FLAGS, REPO_ROOT, run_pretrain, tiny_model_flags, write_ds_config  # noqa: E402
+from tests.launch import (  # noqa: E402
+    LLAMA_FLAGS,
+    REPO_ROOT,
+    child_env,
+    free_port,
+    run_pretrain,
+    tiny_model_flags,
+    write_ds_config,
+)
 from tests.text_generation.conftest import TINY_GPT  # noqa: E402
 
 WIKITEXT = (
@@ -341,9 +347,6 @@ def checkpoints(gpt_data_prefix, tmp_path_factory):
     return saved
 
 
-PROCESS_GROUP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
 def run_task(task: str, flags: list[str], nproc: int = 1) -> str:
     launcher = [sys.executable] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
@@ -351,8 +354,7 @@ def run_task(task: str, flags: list[str], nproc: int = 1) -> str:
     ]  # fmt: skip
     command = [*launcher, str(REPO_ROOT / "tasks" / "main.py"), "--task", task, *flags]
     # Not the rendezvous variables of this process's own group (the in-process runs' fixture sets them).
-    env = {name: value for name, value in os.environ.items() if name not in PROCESS_GROUP_VARIABLES}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
     lines = RESULT_PATTERN.findall(completed.stdout)

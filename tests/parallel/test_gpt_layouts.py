@@ -9,14 +9,13 @@ norms only).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.launch import free_port, launch
+from tests.launch import child_env, free_port, launch
 
 WORKER = Path(__file__).with_name("gpt_layout_worker.py")
 STEPS = 3
@@ -38,7 +37,7 @@ def model_flags(tmp_path: Path, zero_stage: int = 0) -> list[str]:
 
 def run_layout(tmp_path: Path, name: str, nproc: int, flags: list[str], **env_vars: str) -> dict:
     out = tmp_path / name
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_vars}
+    env = child_env(OMP_NUM_THREADS="1", **env_vars)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
         "--master_port", str(free_port()), str(WORKER), str(out), *flags,

@@ -23,7 +23,7 @@ from megatron.model.transformer import ParallelTransformerLayer
 from megatron.parallel.context import ParallelContext, build_parallel_context
 from megatron.planning.activations import FLOAT32, MASK, layer_activation_bytes
 from megatron.planning.layout import Layout
-from megatron.training.distributed import free_port
+from tests.launch import free_port
 from tests.planning.test_params import GPT, LLAMA
 
 SHAPES = {"gpt": GPT, "llama": LLAMA}

@@ -16,7 +16,7 @@ from megatron.model.gpt_pipe import gpt_pipeline_module
 from megatron.parallel.context import ParallelContext, build_parallel_context
 from megatron.planning.layout import Layout
 from megatron.planning.params import count_parameters
-from megatron.training.distributed import free_port
+from tests.launch import free_port
 
 GPT = dict(
     num_layers=3, hidden_size=64, num_attention_heads=4, ffn_hidden_size=256, seq_length=32,

@@ -13,12 +13,12 @@ from megatron.config.arguments import parse_args
 from megatron.text_generation.api import SamplingOptions
 from megatron.text_generation.client import generate_remote
 from megatron.text_generation.loading import build_text_generator, read_generation_checkpoint
-from megatron.training.distributed import free_port
 from tests.launch import (
     GPT2_TOKENIZER_FLAGS,
     LLAMA_FLAGS,
     REPO_ROOT,
     LiveRun,
+    free_port,
     launch,
     pretrain_command,
     run_pretrain,

@@ -14,7 +14,7 @@ import pytest
 from megatron.config.arguments import parse_args
 from megatron.config.build import build_config
 from megatron.config.presets import get_preset
-from tests.launch import LOSS_PATTERN, REPO_ROOT, run_example
+from tests.launch import LOSS_PATTERN, REPO_ROOT, child_env, run_example
 
 RECIPES = {
     "ds_pretrain_gpt_125M.sh": "gpt-125m", "ds_pretrain_gpt_350M.sh": "gpt-350m",
@@ -81,7 +81,7 @@ def test_dry_run_follows_the_environment(tmp_path):
 
 
 def test_several_nodes_without_a_hostfile_are_refused_before_anything_runs(tmp_path):
-    env = {**os.environ, "SKIP_INSTALL": "1", "OUTPUT_DIR": str(tmp_path), "HOSTFILE": str(tmp_path / "none")}
+    env = child_env(SKIP_INSTALL="1", OUTPUT_DIR=str(tmp_path), HOSTFILE=str(tmp_path / "none"))
     completed = subprocess.run(
         ["bash", "examples_deepspeed/ds_pretrain_gpt_13B.sh"], cwd=REPO_ROOT, env=env, capture_output=True,
         text=True, timeout=60,
