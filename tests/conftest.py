@@ -10,9 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch import BERT_VOCAB_FILE, MERGE_FILE, REPO_ROOT, VOCAB_FILE, free_port
+from tests.launch import BERT_VOCAB_FILE, MERGE_FILE, REPO_ROOT, VOCAB_FILE, free_port, threads_per_process
 
 CORPUS_DOCUMENTS = 400
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In-process tests compute on this worker's share of the cores, as the processes tests start do."""
+    import torch
+
+    torch.set_num_threads(threads_per_process())
 
 
 @pytest.fixture(scope="session")
