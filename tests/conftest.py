@@ -3,6 +3,7 @@ once per test session."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
@@ -20,6 +21,14 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(threads_per_process())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with the most slow tests first: pytest-xdist hands out whole files in this order, and a long
+    file handed out last would run alone on one worker while the other waits. A file's tests keep their
+    order (the sort is stable and a file's tests share their key)."""
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])
 
 
 @pytest.fixture(scope="session")
