@@ -50,15 +50,19 @@ def child_env(**variables: str) -> dict[str, str]:
 
 
 def first_ephemeral_port() -> int:
-    """The lowest port the kernel hands out as the local end of a connection."""
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
-        return int(ports.read().split()[0])
+    """The lowest port the kernel hands out as the local end of a connection (Linux; elsewhere
+    ``LOWEST_TEST_PORT``, which leaves the choice of test ports to the kernel)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except OSError:
+        return LOWEST_TEST_PORT
 
 
 def free_port() -> int:
     """A TCP port that nothing listens on now, from this pytest-xdist worker's own block of the ports below
-    the ephemeral range, so that two workers never pick the same one. Where the ephemeral range starts
-    below ``LOWEST_TEST_PORT`` (a machine configured so), the kernel picks it."""
+    the ephemeral range, so that two workers never pick the same one. Where there is no room below the
+    ephemeral range (a machine configured so, or not Linux), the kernel picks it."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     block = (first_ephemeral_port() - LOWEST_TEST_PORT) // workers
