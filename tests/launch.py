@@ -33,12 +33,16 @@ PROCESS_GROUP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "
 LOWEST_TEST_PORT = 10_000
 
 
+def xdist_workers() -> int:
+    """How many pytest-xdist workers run the suite (1 without xdist)."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
 def threads_per_process() -> int:
     """OpenMP threads for a test's process: this machine's cores shared among the pytest-xdist workers.
     More threads than cores make libgomp's waiting threads spin against each other: two single-process
     runs of 2 threads each on 2 cores took 30-40 s for the 30 iterations that take 4.5 s with 1 each."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return max(1, len(os.sched_getaffinity(0)) // workers)
+    return max(1, len(os.sched_getaffinity(0)) // xdist_workers())
 
 
 def child_env(**variables: str) -> dict[str, str]:
@@ -63,7 +67,7 @@ def free_port() -> int:
     """A TCP port that nothing listens on now, from this pytest-xdist worker's own block of the ports below
     the ephemeral range, so that two workers never pick the same one. Where there is no room below the
     ephemeral range (a machine configured so, or not Linux), the kernel picks it."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    workers = xdist_workers()
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     block = (first_ephemeral_port() - LOWEST_TEST_PORT) // workers
     if block < 1:
